@@ -1,0 +1,187 @@
+"""Typed, validated settings for every step, built once from a flat mapping.
+
+The flat names are the same everywhere: Airflow Params, CLI flags (with dashes) and YAML keys.
+`PipelineConfig.from_mapping` validates every value before any work starts and raises
+`ConfigError` naming the parameter, the value and the rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline.errors import ConfigError
+
+DEFAULT_HOME = Path(os.environ.get("PIPELINE_HOME", Path.home() / "gan-pipeline"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where images come from and how they are written to TFRecord shards."""
+
+    source: str = "fashion_mnist"
+    records_per_shard: int = 10_000
+    max_train_examples: int | None = None
+    max_test_examples: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """GAN training settings; `steps` overrides `epochs` when set."""
+
+    epochs: int = 25
+    steps: int | None = None
+    batch_size: int = 128
+    latent_dim: int = 100
+    generator_learning_rate: float = 2e-4
+    discriminator_learning_rate: float = 2e-4
+    beta_1: float = 0.5
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 100
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation settings: generated sample count, KID subsets, feature classifier."""
+
+    num_samples: int = 10_000
+    kid_subset_size: int = 1000
+    kid_subsets: int = 10
+    classifier_epochs: int = 3
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Artifact store location: a local directory path or `s3://bucket/prefix`."""
+
+    uri: str = str(DEFAULT_HOME / "store")
+    endpoint_url: str | None = None
+    region: str | None = None
+    aws_conn_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    cache_dir: str = str(DEFAULT_HOME / "cache")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "PipelineConfig":
+        """Build a config from flat keys such as `epochs` or `store_uri`; None means default."""
+        sections = {name: {} for name in _SECTIONS}
+        top = {}
+        for key, value in values.items():
+            if value is None:
+                continue
+            if key == "cache_dir":
+                top[key] = _coerce(key, value, str)
+                continue
+            if key not in _FLAT_FIELDS:
+                raise ConfigError(key, value, f"unknown setting; known settings: {sorted(_FLAT_FIELDS) + ['cache_dir']}")
+            section, name, kind = _FLAT_FIELDS[key]
+            sections[section][name] = _coerce(key, value, kind)
+        config = cls(**{name: _SECTIONS[name](**kw) for name, kw in sections.items()}, **top)
+        config.validate()
+        return config
+
+    def to_flat(self) -> dict[str, Any]:
+        """Return the flat mapping that `from_mapping` accepts (JSON-serialisable)."""
+        flat: dict[str, Any] = {"cache_dir": self.cache_dir}
+        for key, (section, name, _) in _FLAT_FIELDS.items():
+            flat[key] = getattr(getattr(self, section), name)
+        return flat
+
+    def validate(self) -> None:
+        """Raise ConfigError for the first value that breaks its rule."""
+        flat = self.to_flat()
+        for key, rule, check in _RULES:
+            value = flat[key]
+            if value is not None and not check(value):
+                raise ConfigError(key, value, rule)
+        if not flat["source"].strip():
+            raise ConfigError("source", flat["source"], "must name a dataset source, for example 'fashion_mnist'")
+
+
+_SECTIONS = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "store": StoreConfig}
+
+# Flat key -> (section, field name, type). Store fields carry a `store_` prefix; others keep their name.
+_PREFIXES = {"store": "store_"}
+
+
+def _build_flat_fields() -> dict[str, tuple[str, str, type]]:
+    fields = {}
+    for section, cls in _SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            key = _PREFIXES.get(section, "") + f.name
+            fields[key] = (section, f.name, _field_kind(f.type))
+    return fields
+
+
+def _field_kind(annotation: str) -> type:
+    """Map a field annotation such as 'int | None' to the type values are coerced to."""
+    base = annotation.split("|")[0].strip()
+    return {"int": int, "float": float, "str": str}[base]
+
+
+_FLAT_FIELDS = _build_flat_fields()
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Convert strings from CLI flags or Airflow forms to `kind`, rejecting lossy conversions."""
+    if isinstance(value, bool):
+        raise ConfigError(key, value, f"must be {kind.__name__}, not a boolean")
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(key, value, "must be an integer")
+    if kind is float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(key, value, "must be a number")
+    if not isinstance(value, str):
+        raise ConfigError(key, value, "must be a string")
+    return value
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+_RULES = [
+    ("records_per_shard", "must be a positive integer", _positive),
+    ("max_train_examples", "must be a positive integer or unset", _positive),
+    ("max_test_examples", "must be a positive integer or unset", _positive),
+    ("epochs", "must be a positive integer", _positive),
+    ("steps", "must be a positive integer or unset", _positive),
+    ("batch_size", "must be between 1 and 65536", lambda v: 1 <= v <= 65536),
+    ("latent_dim", "must be between 1 and 4096", lambda v: 1 <= v <= 4096),
+    ("generator_learning_rate", "must be in (0, 1]", lambda v: 0 < v <= 1),
+    ("discriminator_learning_rate", "must be in (0, 1]", lambda v: 0 < v <= 1),
+    ("beta_1", "must be in [0, 1)", lambda v: 0 <= v < 1),
+    ("seed", "must be a non-negative integer", lambda v: v >= 0),
+    ("checkpoint_every", "must be a positive number of steps", _positive),
+    ("log_every", "must be a positive number of steps", _positive),
+    ("num_samples", "must be at least 2 (FID needs a covariance)", lambda v: v >= 2),
+    ("kid_subset_size", "must be at least 2", lambda v: v >= 2),
+    ("kid_subsets", "must be a positive integer", _positive),
+    ("classifier_epochs", "must be a positive integer", _positive),
+]

@@ -1,0 +1,51 @@
+"""Object keys of the artifact store; the only place that spells them out.
+
+    datasets/<fingerprint>/manifest.json        written last: a dataset without it is incomplete
+    datasets/<fingerprint>/<split>-NNNNN-of-NNNNN.tfrecord
+    datasets/<fingerprint>/evaluator/...        feature classifier cached per dataset
+    runs/<run_id>/...                           checkpoints, generator, samples, metrics, report
+    runs/<run_id>/run.json                      written last: a run without it is incomplete
+    models/latest.json, models/best.json        pointers to promoted runs
+"""
+
+from __future__ import annotations
+
+import re
+
+from pipeline.errors import ConfigError
+
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def safe_run_id(run_id: str) -> str:
+    """Map any run id (Airflow's contain ':' and '+') to a key-safe form, the same on every call."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", run_id).strip("-.")
+    if not cleaned or not RUN_ID_PATTERN.match(cleaned):
+        raise ConfigError("run_id", run_id, "must contain letters or digits, at most 200 characters")
+    return cleaned
+
+
+def dataset_prefix(fingerprint: str) -> str:
+    return f"datasets/{fingerprint}/"
+
+
+def manifest_key(fingerprint: str) -> str:
+    return f"datasets/{fingerprint}/manifest.json"
+
+
+def evaluator_prefix(fingerprint: str) -> str:
+    return f"datasets/{fingerprint}/evaluator/"
+
+
+def run_prefix(run_id: str) -> str:
+    return f"runs/{run_id}/"
+
+
+def run_key(run_id: str, name: str) -> str:
+    """Key of an object of a run, for example run_key(id, 'report.json')."""
+    return f"runs/{run_id}/{name}"
+
+
+RUN_JSON = "run.json"
+LATEST_POINTER = "models/latest.json"
+BEST_POINTER = "models/best.json"

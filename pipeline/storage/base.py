@@ -1,0 +1,89 @@
+"""The artifact store interface that every step reads from and writes to.
+
+Keys are POSIX-style relative paths such as `runs/<run_id>/report.json`. Every write is atomic from a
+reader's point of view: an object either holds the complete new content or does not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import StoreError
+
+_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+def sha256_file(path: str | Path) -> str:
+    """Return the hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_key(key: str) -> str:
+    """Reject keys that are empty, absolute or climb out of the store with '..'."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise StoreError(f"invalid object key {key!r}: use a relative path such as 'runs/<run_id>/run.json'")
+    return key
+
+
+class ArtifactStore(ABC):
+    """A flat key space of immutable-looking objects: a local directory or an S3 prefix."""
+
+    uri: str
+
+    @abstractmethod
+    def put_file(self, key: str, path: str | Path) -> None:
+        """Copy a local file to `key`, replacing any previous object atomically."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: str | Path) -> Path:
+        """Copy `key` to a local path (parents created); raise StoreError if it is missing."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Write `data` to `key`, replacing any previous object atomically."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """Return the content of `key`; raise StoreError if it is missing."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Return whether `key` exists."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """Return every object whose key starts with `prefix`, sorted by key."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove `key`; a missing key is not an error."""
+
+    @abstractmethod
+    def location(self, key: str) -> str:
+        """Return where a person finds `key`: a file path or an `s3://` URI."""
+
+    def put_json(self, key: str, value: Any) -> None:
+        self.put_bytes(key, json.dumps(value, indent=2, sort_keys=True).encode() + b"\n")
+
+    def get_json(self, key: str) -> Any:
+        data = self.get_bytes(key)
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError as error:
+            raise StoreError(f"object {self.location(key)} is not valid JSON: {error}") from error

@@ -1,0 +1,84 @@
+"""Artifact store in a local directory: the embedded default, no server needed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipeline.errors import StoreError
+from pipeline.storage.base import ArtifactStore, ObjectInfo, check_key
+
+
+class LocalStore(ArtifactStore):
+    """Objects are files under `root`; writes go to a temporary file that is then renamed."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"cannot create store directory {self.root}: {error}") from error
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _write_atomic(self, key: str, write) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as output:
+                write(output)
+                output.flush()
+                os.fsync(output.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def put_file(self, key: str, path: str | Path) -> None:
+        with open(path, "rb") as source:
+            self._write_atomic(key, lambda output: shutil.copyfileobj(source, output))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._write_atomic(key, lambda output: output.write(data))
+
+    def get_file(self, key: str, path: str | Path) -> Path:
+        source = self._require(key)
+        destination = Path(path)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        partial = destination.with_name(destination.name + ".partial")
+        shutil.copyfile(source, partial)
+        os.replace(partial, destination)
+        return destination
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._require(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        objects = []
+        for path in self.root.rglob("*"):
+            if not path.is_file() or path.name.startswith("."):
+                continue
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix):
+                objects.append(ObjectInfo(key=key, size=path.stat().st_size))
+        return sorted(objects, key=lambda info: info.key)
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def location(self, key: str) -> str:
+        return str(self._path(key))
+
+    def _require(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.is_file():
+            raise StoreError(f"object {key!r} not found in store {self.uri}")
+        return path
