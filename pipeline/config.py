@@ -62,6 +62,7 @@ class StoreConfig:
     endpoint_url: str | None = None
     region: str | None = None
     aws_conn_id: str | None = None
+    create_bucket: bool = False
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ def _build_flat_fields() -> dict[str, tuple[str, str, type]]:
 def _field_kind(annotation: str) -> type:
     """Map a field annotation such as 'int | None' to the type values are coerced to."""
     base = annotation.split("|")[0].strip()
-    return {"int": int, "float": float, "str": str}[base]
+    return {"int": int, "float": float, "str": str, "bool": bool}[base]
 
 
 _FLAT_FIELDS = _build_flat_fields()
@@ -135,6 +136,8 @@ _FLAT_FIELDS = _build_flat_fields()
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
     """Convert strings from CLI flags or Airflow forms to `kind`, rejecting lossy conversions."""
+    if kind is bool:
+        return _coerce_bool(key, value)
     if isinstance(value, bool):
         raise ConfigError(key, value, f"must be {kind.__name__}, not a boolean")
     if kind is int:
@@ -160,6 +163,17 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
     if not isinstance(value, str):
         raise ConfigError(key, value, "must be a string")
     return value
+
+
+def _coerce_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ConfigError(key, value, "must be true or false")
 
 
 def _positive(value: float) -> bool:
