@@ -84,9 +84,9 @@ class PipelineConfig:
             if key == "cache_dir":
                 top[key] = _coerce(key, value, str)
                 continue
-            if key not in _FLAT_FIELDS:
-                raise ConfigError(key, value, f"unknown setting; known settings: {sorted(_FLAT_FIELDS) + ['cache_dir']}")
-            section, name, kind = _FLAT_FIELDS[key]
+            if key not in FLAT_SETTINGS:
+                raise ConfigError(key, value, f"unknown setting; known settings: {sorted(FLAT_SETTINGS) + ['cache_dir']}")
+            section, name, kind = FLAT_SETTINGS[key]
             sections[section][name] = _coerce(key, value, kind)
         config = cls(**{name: _SECTIONS[name](**kw) for name, kw in sections.items()}, **top)
         config.validate()
@@ -95,7 +95,7 @@ class PipelineConfig:
     def to_flat(self) -> dict[str, Any]:
         """Return the flat mapping that `from_mapping` accepts (JSON-serialisable)."""
         flat: dict[str, Any] = {"cache_dir": self.cache_dir}
-        for key, (section, name, _) in _FLAT_FIELDS.items():
+        for key, (section, name, _) in FLAT_SETTINGS.items():
             flat[key] = getattr(getattr(self, section), name)
         return flat
 
@@ -131,7 +131,7 @@ def _field_kind(annotation: str) -> type:
     return {"int": int, "float": float, "str": str, "bool": bool}[base]
 
 
-_FLAT_FIELDS = _build_flat_fields()
+FLAT_SETTINGS = _build_flat_fields()
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:

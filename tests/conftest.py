@@ -6,7 +6,9 @@ import ipaddress
 import logging
 import os
 import socket
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +19,15 @@ os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 os.environ.setdefault("NO_GCE_CHECK", "true")
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Airflow reads its settings when first imported, so every test in this process shares one
+# temporary AIRFLOW_HOME with a SQLite metadata database, set before any test imports airflow.
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="airflow-home-"))
+os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}"
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
