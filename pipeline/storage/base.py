@@ -48,7 +48,11 @@ class ArtifactStore(ABC):
 
     @abstractmethod
     def put_file(self, key: str, path: str | Path) -> None:
-        """Copy a local file to `key`, replacing any previous object atomically."""
+        """Copy a local file to `key`, replacing any previous object atomically.
+
+        When `key` already contains content with the same sha256, nothing is written, so a retried
+        task re-uploads nothing.
+        """
 
     @abstractmethod
     def get_file(self, key: str, path: str | Path) -> Path:
@@ -56,11 +60,15 @@ class ArtifactStore(ABC):
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None:
-        """Write `data` to `key`, replacing any previous object atomically."""
+        """Write `data` to `key`, replacing any previous object atomically, unless it contains `data` already."""
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes:
         """Return the content of `key`; raise StoreError if it is missing."""
+
+    @abstractmethod
+    def sha256(self, key: str) -> str:
+        """Return the hex sha256 of the content of `key`, or raise StoreError if it is missing."""
 
     @abstractmethod
     def exists(self, key: str) -> bool:

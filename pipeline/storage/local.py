@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from pipeline.errors import StoreError
-from pipeline.storage.base import ArtifactStore, ObjectInfo, check_key
+from pipeline.storage.base import ArtifactStore, ObjectInfo, check_key, sha256_file
+
+logger = logging.getLogger(__name__)
 
 
 class LocalStore(ArtifactStore):
@@ -40,11 +44,30 @@ class LocalStore(ArtifactStore):
             raise
 
     def put_file(self, key: str, path: str | Path) -> None:
+        size = Path(path).stat().st_size
+        if self._holds(key, size, lambda: sha256_file(path)):
+            logger.debug("skipped writing %s because the store already contains the same content", key)
+            return
+
         with open(path, "rb") as source:
             self._write_atomic(key, lambda output: shutil.copyfileobj(source, output))
 
     def put_bytes(self, key: str, data: bytes) -> None:
+        if self._holds(key, len(data), lambda: hashlib.sha256(data).hexdigest()):
+            logger.debug("skipped writing %s because the store already contains the same content", key)
+            return
+
         self._write_atomic(key, lambda output: output.write(data))
+
+    def sha256(self, key: str) -> str:
+        return sha256_file(self._require(key))
+
+    def _holds(self, key: str, size: int, digest) -> bool:
+        """Return whether `key` exists with `size` bytes and the sha256 that `digest()` computes."""
+        target = self._path(key)
+        if not target.is_file() or target.stat().st_size != size:
+            return False
+        return sha256_file(target) == digest()
 
     def get_file(self, key: str, path: str | Path) -> Path:
         source = self._require(key)
