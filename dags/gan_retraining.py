@@ -26,10 +26,9 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
+from pipeline.config import DEFAULT_STORE_URI
+
 TRAINING_QUEUE = os.environ.get("GAN_PIPELINE_TRAINING_QUEUE", "default")
-DEFAULT_STORE_URI = os.environ.get(
-    "GAN_PIPELINE_STORE_URI", os.path.join(os.path.expanduser("~"), "gan-pipeline", "store")
-)
 
 PARAMS = {
     "source": Param(

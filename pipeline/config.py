@@ -15,7 +15,9 @@ from typing import Any, Mapping
 
 from pipeline.errors import ConfigError
 
-DEFAULT_HOME = Path(os.environ.get("PIPELINE_HOME", Path.home() / "gan-pipeline"))
+# Environment variables give a deployment its defaults; Params, flags and YAML override them.
+DEFAULT_HOME = Path(os.environ.get("GAN_PIPELINE_HOME", Path.home() / "gan-pipeline"))
+DEFAULT_STORE_URI = os.environ.get("GAN_PIPELINE_STORE_URI", str(DEFAULT_HOME / "store"))
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class EvalConfig:
 class StoreConfig:
     """Artifact store location: a local directory path or `s3://bucket/prefix`."""
 
-    uri: str = str(DEFAULT_HOME / "store")
+    uri: str = DEFAULT_STORE_URI
     endpoint_url: str | None = None
     region: str | None = None
     aws_conn_id: str | None = None

@@ -28,6 +28,9 @@ os.environ["AIRFLOW_HOME"] = str(AIRFLOW_HOME)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{AIRFLOW_HOME / 'airflow.db'}"
+# The default store and cache of steps run without explicit settings.
+os.environ["GAN_PIPELINE_HOME"] = tempfile.mkdtemp(prefix="gan-pipeline-home-")
+os.environ.pop("GAN_PIPELINE_STORE_URI", None)
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
