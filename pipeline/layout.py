@@ -49,3 +49,13 @@ def run_key(run_id: str, name: str) -> str:
 RUN_JSON = "run.json"
 LATEST_POINTER = "models/latest.json"
 BEST_POINTER = "models/best.json"
+
+# Objects that the train step writes under runs/<run_id>/; pass them to run_key.
+GENERATOR_FILE = "generator.keras"
+METRICS_FILE = "metrics.jsonl"
+FIXED_LATENTS_FILE = "fixed_latents.npy"
+TRAIN_JSON = "train.json"  # written last by the train step: without it, training has not finished
+
+# Objects that the evaluate step writes under runs/<run_id>/; report.json is written last.
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
