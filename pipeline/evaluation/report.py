@@ -1,0 +1,181 @@
+"""The readable evaluation report: one self-contained HTML page per run.
+
+The page embeds every image as a base64 PNG `data:` URI and loads nothing from elsewhere, so it
+opens the same from a local disk, an S3 console download or an e-mail attachment. Plots are drawn
+with matplotlib's Agg canvas, which needs no display and leaves pyplot's global state alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from pipeline.training.samples import image_grid
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """Encode one uint8 image (H, W, C) with C in 1, 3 or 4 as PNG bytes."""
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sample_grid_png(images: np.ndarray) -> bytes:
+    """Tile uint8 images (N, H, W, C) into one grid (see `image_grid`) and return it as PNG bytes."""
+    return encode_png(image_grid(images))
+
+
+def loss_curve_png(rows: Sequence[dict[str, Any]]) -> bytes | None:
+    """Plot d_loss and g_loss against step from metrics.jsonl rows; None when no row has both losses."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points = [
+        (row["step"], row["d_loss"], row["g_loss"])
+        for row in rows
+        if _is_number(row.get("step")) and _is_number(row.get("d_loss")) and _is_number(row.get("g_loss"))
+    ]
+    if not points:
+        return None
+    steps, d_losses, g_losses = zip(*points)
+
+    figure = Figure(figsize=(7, 3.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    marker = "o" if len(points) < 20 else None
+    axes.plot(steps, d_losses, label="d_loss", marker=marker)
+    axes.plot(steps, g_losses, label="g_loss", marker=marker)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+
+    buffer = io.BytesIO()
+    # Without Software metadata, so the PNG carries no project URL.
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def render_report_html(report: dict[str, Any], sample_grid: bytes | None, loss_curves: bytes | None) -> str:
+    """Render the report.json content of a run, a sample grid PNG and a loss curve PNG as one HTML page."""
+    run_id = html.escape(str(report["run_id"]))
+    sections = [
+        _metrics_section(report),
+        _extractor_section(report["extractor"]),
+        _training_section(report.get("training", {})),
+        _image_section("Samples from the fixed latents", sample_grid, "sample grid", "grid"),
+        _image_section("Loss curves (metrics.jsonl)", loss_curves, "d_loss and g_loss against step", "plot"),
+    ]
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en">',
+            "<head>",
+            '<meta charset="utf-8">',
+            f"<title>GAN evaluation report: run {run_id}</title>",
+            f"<style>{_STYLE}</style>",
+            "</head>",
+            "<body>",
+            f"<h1>GAN evaluation report: run {run_id}</h1>",
+            f"<p>Dataset fingerprint <code>{html.escape(str(report['fingerprint']))}</code>, "
+            f"evaluated {html.escape(str(report.get('created_at', '')))} "
+            f"with gan-pipeline {html.escape(str(report.get('code_version', '')))}.</p>",
+            *sections,
+            "</body>",
+            "</html>",
+            "",
+        ]
+    )
+
+
+def _metrics_section(report: dict[str, Any]) -> str:
+    fid = report["metrics"]["fid"]
+    kid = report["metrics"]["kid"]
+    real = report["real"]
+    rows = [
+        ("FID", _format(fid["value"]), f"{fid['num_generated']} generated vs {fid['num_real']} real"),
+        (
+            "KID",
+            f"{_format(kid['mean'])} ± {_format(kid['std'])}",
+            f"{kid['num_subsets']} subsets of {kid['subset_size']} from "
+            f"{kid['num_generated']} generated and {kid['num_real']} real",
+        ),
+    ]
+    return "\n".join(
+        [
+            "<h2>Metrics</h2>",
+            _table(("metric", "value", "samples"), rows),
+            f"<p>Real images: the first {real['num_real']} of the {real['num_available']} records of the "
+            f"{html.escape(real['split'])} split. Lower is better for both metrics.</p>",
+            "<p class=\"note\">FID is biased upwards at small sample counts: compare FID values only at "
+            "equal sample counts and with the same feature extractor. KID is unbiased, so it can be "
+            "slightly negative when the two sets match. Both use the features of the dataset's own "
+            "classifier below, not Inception-v3, so they are not comparable with published values.</p>",
+        ]
+    )
+
+
+def _extractor_section(extractor: dict[str, Any]) -> str:
+    rows = [
+        ("name", extractor["name"]),
+        ("test accuracy", f"{extractor['test_accuracy']:.4f} on {extractor.get('num_test', '?')} test images"),
+        ("trained", f"{extractor.get('epochs', '?')} epochs on {extractor.get('num_train', '?')} training images"),
+        ("features", f"{extractor.get('feature_dim', '?')} values from layer {extractor.get('feature_layer', '?')!r}"),
+    ]
+    return "<h2>Feature classifier</h2>\n" + _table(("field", "value"), rows)
+
+
+def _training_section(training: dict[str, Any]) -> str:
+    if not training:
+        return "<h2>Training</h2>\n<p>train.json has no summary for this run.</p>"
+    names = ("steps", "epochs", "batch_size", "latent_dim", "d_loss", "g_loss", "images_per_second")
+    rows = [(name, _format(training[name])) for name in names if name in training]
+    return "<h2>Training (final values)</h2>\n" + _table(("field", "value"), rows)
+
+
+def _image_section(title: str, png: bytes | None, alt: str, css_class: str) -> str:
+    heading = f"<h2>{html.escape(title)}</h2>"
+    if png is None:
+        return f"{heading}\n<p>No data to draw.</p>"
+    encoded = base64.b64encode(png).decode("ascii")
+    return f'{heading}\n<img class="{css_class}" alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(cell))}</th>" for cell in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_STYLE = """
+body { font-family: sans-serif; max-width: 60em; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.8em; text-align: left; }
+th { background: #f0f0f0; }
+.note { color: #555; font-size: 0.9em; }
+img.grid { width: 448px; image-rendering: pixelated; border: 1px solid #ccc; }
+img.plot { max-width: 100%; }
+"""
