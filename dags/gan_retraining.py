@@ -26,7 +26,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
-from pipeline.config import DEFAULT_STORE_URI
+from pipeline.config import DEFAULT_STORE_AWS_CONN_ID, DEFAULT_STORE_URI
 
 TRAINING_QUEUE = os.environ.get("GAN_PIPELINE_TRAINING_QUEUE", "default")
 
@@ -72,7 +72,7 @@ PARAMS = {
         None, type=["null", "string"], description="S3-compatible endpoint such as http://minio:9000."
     ),
     "store_aws_conn_id": Param(
-        None, type=["null", "string"], description="Airflow connection with the S3 credentials."
+        DEFAULT_STORE_AWS_CONN_ID, type=["null", "string"], description="Airflow connection with the S3 credentials."
     ),
     "store_region": Param(None, type=["null", "string"], description="S3 region name."),
     "store_create_bucket": Param(False, type="boolean", description="Create the S3 bucket when it is missing."),

@@ -18,6 +18,7 @@ from pipeline.errors import ConfigError
 # Environment variables give a deployment its defaults; Params, flags and YAML override them.
 DEFAULT_HOME = Path(os.environ.get("GAN_PIPELINE_HOME", Path.home() / "gan-pipeline"))
 DEFAULT_STORE_URI = os.environ.get("GAN_PIPELINE_STORE_URI", str(DEFAULT_HOME / "store"))
+DEFAULT_STORE_AWS_CONN_ID = os.environ.get("GAN_PIPELINE_STORE_AWS_CONN_ID") or None
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class StoreConfig:
     uri: str = DEFAULT_STORE_URI
     endpoint_url: str | None = None
     region: str | None = None
-    aws_conn_id: str | None = None
+    aws_conn_id: str | None = DEFAULT_STORE_AWS_CONN_ID
     create_bucket: bool = False
 
 

@@ -6,7 +6,8 @@ set -euo pipefail
 
 venv="${1:-.venv}"
 extras="${2:-test}"
-debian_packages=(dataset-fashion-mnist)
+# docker-compose only validates docker/docker-compose.yaml in the tests; no engine is needed.
+debian_packages=(dataset-fashion-mnist docker-compose)
 
 missing=()
 for package in "${debian_packages[@]}"; do
