@@ -1,0 +1,308 @@
+"""The train step: train the GAN of one run on a prepared dataset, or resume it, and store the results.
+
+Objects written under runs/<run_id>/ in the artifact store:
+
+    checkpoints/...          every checkpoint_every steps and after the last step (see checkpoints.py)
+    fixed_latents.npy        the 64 latents of every sample grid, written once
+    samples/epoch-NNNN.png   a grid after each epoch, or only after the last step when training by steps
+    metrics.jsonl            one row per progress line: step, epoch, d_loss, g_loss, images_per_second
+    generator.keras          the trained generator (Keras 3 format)
+    train.json               the summary, written last: its presence means training finished
+
+TensorFlow and Keras are imported inside the functions, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+from pipeline.config import PipelineConfig, TrainConfig
+from pipeline.errors import DataError, TrainingError
+from pipeline.layout import FIXED_LATENTS_FILE, GENERATOR_FILE, METRICS_FILE, TRAIN_JSON, run_key, safe_run_id
+from pipeline.storage.base import ArtifactStore
+
+if TYPE_CHECKING:
+    from pipeline.training.callbacks import TrainingCallback
+
+log = logging.getLogger(__name__)
+
+TRAIN_SPLIT = "train"
+
+# Keys of the dict that train_gan returns as an Airflow XCom. train.json contains them and more.
+RESULT_KEYS = ("run_id", "steps", "generator_key", "d_loss", "g_loss", "images_per_second")
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """The length of a run: `total_steps` updates on batches of `batch_size`, `steps_per_epoch` per epoch."""
+
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    by_steps: bool  # whether `steps` set the length rather than `epochs`
+
+    @property
+    def num_epochs(self) -> int:
+        """Epochs that the run reaches; the last one is partial when total_steps is not a multiple."""
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def epoch_of(self, step: int) -> int:
+        """Return the 1-based epoch that the 1-based `step` belongs to (step 0 belongs to epoch 1)."""
+        return max(step - 1, 0) // self.steps_per_epoch + 1
+
+
+def plan_training(train: TrainConfig, steps_per_epoch: int) -> TrainingPlan:
+    """Return `train.steps` steps when set, otherwise `train.epochs` * `steps_per_epoch`."""
+    if train.steps is not None:
+        return TrainingPlan(train.batch_size, steps_per_epoch, train.steps, by_steps=True)
+    return TrainingPlan(train.batch_size, steps_per_epoch, train.epochs * steps_per_epoch, by_steps=False)
+
+
+def train_gan(
+    config: PipelineConfig,
+    store: ArtifactStore,
+    fingerprint: str,
+    run_id: str,
+    *,
+    callbacks: Sequence[TrainingCallback] = (),
+) -> dict[str, Any]:
+    """Train the GAN of `run_id` on dataset `fingerprint`, resuming from its latest checkpoint.
+
+    When runs/<run_id>/train.json exists, training is complete and its summary is returned
+    without training. Otherwise the dataset is fetched into `config.cache_dir`, the latest
+    checkpoint of the run (if any) is restored, and training continues to the planned step count
+    with the same data order and random draws as an uninterrupted run. `callbacks` are extra
+    TrainingCallback objects called after the built-in ones.
+
+    Returns {"run_id", "steps", "generator_key", "d_loss", "g_loss", "images_per_second"}.
+    Raises TrainingError when a loss becomes non-finite (the last good checkpoint is kept) or when
+    the stored checkpoint or summary belongs to other settings.
+    """
+    run_id = safe_run_id(run_id)
+    summary_key = run_key(run_id, TRAIN_JSON)
+    if store.exists(summary_key):
+        return _finished_result(store, summary_key, run_id, fingerprint)
+
+    import keras
+
+    from pipeline.data.fetch import fetch_dataset
+    from pipeline.data.reader import steps_per_epoch
+    from pipeline.training.samples import check_sample_channels
+
+    started = time.monotonic()
+    directory, manifest = fetch_dataset(store, fingerprint, config.cache_dir)
+    check_sample_channels(manifest.channels)
+    plan = plan_training(config.train, steps_per_epoch(manifest, TRAIN_SPLIT, config.train.batch_size))
+    keras.utils.set_random_seed(config.train.seed)
+    gan = build_gan(config.train, manifest.height, manifest.width, manifest.channels)
+
+    cache_dir = Path(config.cache_dir).expanduser()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f"train-{run_id}-") as scratch:
+        epoch_batches = _epoch_batches(directory, manifest, config.train)
+        summary = _train_run(config, store, fingerprint, run_id, gan, plan, epoch_batches, Path(scratch), callbacks)
+
+    summary["wall_seconds"] = round(time.monotonic() - started, 1)
+    store.put_json(summary_key, summary)
+    log.info(
+        "run %s: training finished at step %d in %.0f s; generator %s",
+        run_id, summary["steps"], summary["wall_seconds"], store.location(summary["generator_key"]),
+    )
+    return _result(summary)
+
+
+def build_gan(train: TrainConfig, height: int, width: int, channels: int):
+    """Build and compile the GAN for images of height x width x channels with Adam optimizers."""
+    import keras
+
+    from pipeline.models.dcgan import build_discriminator, build_generator
+    from pipeline.training.gan import GAN
+
+    generator = build_generator(train.latent_dim, height, width, channels)
+    discriminator = build_discriminator(height, width, channels)
+    gan = GAN(generator, discriminator, train.latent_dim, seed=train.seed)
+
+    # beta_1 (0.5 by default, the DCGAN setting of Radford et al. 2015) damps Adam's momentum, which
+    # at the usual 0.9 keeps pushing one network after the other has moved and makes the game oscillate.
+    gan.compile(
+        d_optimizer=keras.optimizers.Adam(learning_rate=train.discriminator_learning_rate, beta_1=train.beta_1),
+        g_optimizer=keras.optimizers.Adam(learning_rate=train.generator_learning_rate, beta_1=train.beta_1),
+    )
+    return gan
+
+
+def run_steps(
+    gan,
+    epoch_batches: Callable[[int], Any],
+    plan: TrainingPlan,
+    start_step: int,
+    callbacks: Sequence[TrainingCallback],
+    logs: dict[str, float],
+) -> tuple[dict[str, float], float | None]:
+    """Run steps start_step + 1 .. plan.total_steps with a compiled train step, calling the hooks.
+
+    `epoch_batches(epoch)` returns the tf.data.Dataset of one whole epoch; a resumed epoch skips
+    the batches that its checkpoint covers. Returns (logs of the last step, images per second);
+    the given `logs` come back when no step runs. The rate is timed from the end of the first step,
+    which excludes tracing, to the end of the last, per-step hooks included. It is None when fewer
+    than 2 steps ran. Raises DataError when an epoch yields fewer batches than the manifest implies.
+    """
+    import tensorflow as tf
+
+    from pipeline.training.callbacks import LOSS_NAMES
+
+    # NOTE: the step runs on TensorFlow's default device only. The tf.distribute.MirroredStrategy
+    # path for several GPUs is not wired in: build_gan and this loop would need its scope.
+    train_step = tf.function(gan.train_step)
+    step = start_step
+    timed_from = None
+    for hook in callbacks:
+        hook.on_train_begin(gan, step)
+
+    while step < plan.total_steps:
+        epoch = plan.epoch_of(step + 1)
+        done_in_epoch = step - (epoch - 1) * plan.steps_per_epoch
+        count = min(plan.steps_per_epoch - done_in_epoch, plan.total_steps - step)
+        expected_step = step + count
+
+        for real_images in epoch_batches(epoch).skip(done_in_epoch).take(count):
+            results = train_step(real_images)
+            step += 1
+            logs = {name: float(results[name]) for name in LOSS_NAMES}
+            timed_from = timed_from or (step, time.monotonic())
+            for hook in callbacks:
+                hook.on_step_end(step, logs)
+
+        if step != expected_step:
+            raise DataError(
+                f"epoch {epoch} of the {TRAIN_SPLIT} split ended at step {step}, expected step {expected_step}: "
+                "the shards hold fewer records than the manifest lists; prepare the dataset again"
+            )
+        if step == epoch * plan.steps_per_epoch:
+            for hook in callbacks:
+                hook.on_epoch_end(epoch, step, logs)
+
+    images_per_second = None
+    if timed_from is not None and step > timed_from[0]:
+        images_per_second = (step - timed_from[0]) * plan.batch_size / (time.monotonic() - timed_from[1])
+
+    for hook in callbacks:
+        hook.on_train_end(step, logs)
+    return logs, images_per_second
+
+
+def _train_run(
+    config: PipelineConfig,
+    store: ArtifactStore,
+    fingerprint: str,
+    run_id: str,
+    gan,
+    plan: TrainingPlan,
+    epoch_batches: Callable[[int], Any],
+    work_dir: Path,
+    extra_callbacks: Sequence[TrainingCallback],
+) -> dict[str, Any]:
+    """Restore, train and upload the generator inside `work_dir`; return the summary for train.json."""
+    from pipeline.training import callbacks as hooks
+    from pipeline.training.checkpoints import RunCheckpoints, make_checkpoint
+    from pipeline.training.samples import load_or_create_fixed_latents
+
+    image_shape = [int(size) for size in gan.generator.output_shape[1:]]
+    identity = {
+        "fingerprint": fingerprint,
+        "image_shape": image_shape,
+        "latent_dim": config.train.latent_dim,
+        "batch_size": plan.batch_size,
+    }
+    checkpoints = RunCheckpoints(store, run_id, make_checkpoint(gan), work_dir, identity)
+    latest = checkpoints.restore_latest() or {"step": 0}
+    start_step = latest["step"]
+    if start_step > plan.total_steps:
+        raise TrainingError(
+            f"run {run_id} has a checkpoint at step {start_step}, past the {plan.total_steps} steps requested: "
+            f"set steps to at least {start_step}, or use a new run_id"
+        )
+
+    metrics = hooks.MetricsLog(store, run_key(run_id, METRICS_FILE), work_dir / METRICS_FILE)
+    metrics.load(up_to_step=start_step)
+    latents_key = run_key(run_id, FIXED_LATENTS_FILE)
+    latents = load_or_create_fixed_latents(store, latents_key, config.train.seed, config.train.latent_dim)
+    callbacks = [
+        hooks.NonFiniteLossGuard(run_id, checkpoints),
+        hooks.ProgressLogger(run_id, plan, config.train.log_every, metrics),
+        hooks.PeriodicCheckpoint(checkpoints, config.train.checkpoint_every),
+        hooks.SampleGrids(store, run_id, plan, latents, work_dir),
+        *extra_callbacks,
+    ]
+
+    log.info(
+        "run %s: training %d steps (%d epochs of %d steps, batch %d) on dataset %s, starting at step %d",
+        run_id, plan.total_steps, plan.num_epochs, plan.steps_per_epoch, plan.batch_size, fingerprint, start_step,
+    )
+    initial_logs = {name: latest.get(name, math.nan) for name in hooks.LOSS_NAMES}
+    logs, images_per_second = run_steps(gan, epoch_batches, plan, start_step, callbacks, initial_logs)
+    if images_per_second is None:
+        images_per_second = _last_rate(metrics.rows)
+
+    generator_key = run_key(run_id, GENERATOR_FILE)
+    generator_path = work_dir / GENERATOR_FILE
+    gan.generator.save(generator_path)
+    store.put_file(generator_key, generator_path)
+
+    return {
+        "run_id": run_id,
+        "fingerprint": fingerprint,
+        "steps": plan.total_steps,
+        "epochs": round(plan.total_steps / plan.steps_per_epoch, 4),
+        "steps_per_epoch": plan.steps_per_epoch,
+        "batch_size": plan.batch_size,
+        "latent_dim": config.train.latent_dim,
+        "image_shape": image_shape,
+        "d_loss": logs["d_loss"],
+        "g_loss": logs["g_loss"],
+        "images_per_second": None if images_per_second is None else round(images_per_second, 1),
+        "resumed_from_step": start_step,
+        "generator_key": generator_key,
+        "train_settings": asdict(config.train),
+    }
+
+
+def _epoch_batches(directory: Path, manifest, train: TrainConfig) -> Callable[[int], Any]:
+    """Return epoch -> shuffled batches of that epoch, in an order fixed by (train.seed, epoch)."""
+    from pipeline.data.reader import make_dataset
+
+    def batches(epoch: int):
+        seed = int(np.random.SeedSequence([train.seed, epoch]).generate_state(1)[0])
+        return make_dataset(
+            directory, manifest, TRAIN_SPLIT, train.batch_size, shuffle=True, seed=seed, drop_remainder=True
+        )
+
+    return batches
+
+
+def _last_rate(rows: list[dict[str, Any]]) -> float | None:
+    rates = [row["images_per_second"] for row in rows if row.get("images_per_second") is not None]
+    return rates[-1] if rates else None
+
+
+def _finished_result(store: ArtifactStore, summary_key: str, run_id: str, fingerprint: str) -> dict[str, Any]:
+    summary = store.get_json(summary_key)
+    if summary.get("fingerprint") != fingerprint:
+        raise TrainingError(
+            f"run {run_id} was trained on dataset {summary.get('fingerprint')}, not {fingerprint} "
+            f"({store.location(summary_key)}): use a new run_id to train on another dataset"
+        )
+    log.info("run %s: training is already complete (%s exists); skipping it", run_id, store.location(summary_key))
+    return _result(summary)
+
+
+def _result(summary: dict[str, Any]) -> dict[str, Any]:
+    return {name: summary[name] for name in RESULT_KEYS}
