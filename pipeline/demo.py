@@ -27,7 +27,7 @@ DEMO_PARAMS = {
     "batch_size": 64,
     "num_samples": 5000,
     "kid_subset_size": 1000,
-    "classifier_epochs": 2,
+    "classifier_epochs": 3,
     "checkpoint_every": 500,
     "log_every": 100,
 }
