@@ -46,8 +46,8 @@ def publish_run(
 
     Training and evaluation must already have written `generator.keras` and `report.json` under
     `runs/<run_id>/`, else StoreError names the missing key. `metrics` should contain `fid` and
-    `kid_mean`. The run becomes `models/best.json` when `promotion.decide_promotion` says so with
-    `config.promotion.promotion_margin`; the decision and its reason are added to run.json as
+    `kid_mean`. The run becomes `models/best.json` when `promotion.decide_promotion` accepts it with
+    `config.promotion.promotion_margin`. The decision and its reason are added to run.json as
     `promotion`. Old runs are deleted only with `config.promotion.delete_old_runs`.
 
     Idempotent: an existing run.json keeps its objects and metrics, a recorded promotion decision

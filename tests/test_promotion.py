@@ -135,6 +135,9 @@ def _run_together(targets: list) -> list:
     return results
 
 
+# NOTE: moto 5.2 checks If-Match / If-None-Match and then stores the object without a lock, so in
+# rare interleavings it can accept two conditional writes that AWS S3 would not. The barrier makes
+# the writes overlap; a failure here that does not repeat may come from moto, not from the pipeline.
 def test_concurrent_promotions_on_s3_one_winner(store):
     candidates = [_pointer(f"run-{index}", 20.0) for index in range(4)]
 

@@ -3,7 +3,7 @@
 The test owns a moto server on a fixed loopback port. Stopping it closes the listening socket and
 every connection, as a crashed or restarted S3 server would. The objects live in moto's
 in-process backend, which survives the stop like a real server's disk does, so the restarted
-server on the same port still holds what was uploaded before the outage.
+server on the same port still contains what was uploaded before the outage.
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ MIN_PART_BYTES = 5 * 1024 * 1024
 DEFAULT_MULTIPART_BYTES = 8 * 1024 * 1024
 
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
-# S3 answers 412 when an If-Match or If-None-Match condition fails, and 409 when another
-# conditional write to the same key is in flight; both mean "read again and retry".
+# S3 returns 412 when an If-Match or If-None-Match condition fails, and 409 when another
+# conditional write to the same key is in flight. Both mean "read again and retry".
 _CONFLICT_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 _READ_CHUNK_BYTES = 1 << 20
 
@@ -242,7 +242,12 @@ class S3Store(ArtifactStore):
 
     def unfinished_uploads(self, key: str | None = None) -> list[dict]:
         """Return the multipart uploads started but neither completed nor aborted, under the prefix or for `key`."""
-        full_prefix = self._full_key(key) if key is not None else (f"{self.prefix}/" if self.prefix else "")
+        if key is not None:
+            full_prefix = self._full_key(key)
+        elif self.prefix:
+            full_prefix = f"{self.prefix}/"
+        else:
+            full_prefix = ""
         with self._errors("list uploads", key):
             response = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=full_prefix)
         uploads = response.get("Uploads", [])
@@ -255,8 +260,8 @@ class S3Store(ArtifactStore):
 
         Their parts are invisible to readers but are stored and billed until aborted.
         """
-        # NOTE: this also aborts an upload of the same key still in flight in another process;
-        # the pipeline never uploads one key from two tasks at once.
+        # NOTE: this also aborts an upload of the same key still in flight elsewhere. Airflow runs
+        # the attempts of a task one after another, so that happens only with a zombie worker.
         for upload in self.unfinished_uploads(key):
             with self._errors("abort upload", key):
                 self.client.abort_multipart_upload(
