@@ -120,15 +120,17 @@ def generate_images(
     directory that receives `image-0000.png`, `image-0001.png`, ... Returns {"run_id", "count",
     "out", "generator_sha256", "latents"}.
     """
+    if count < 1:
+        raise PipelineError(f"--count {count} is invalid: generate at least 1 image")
+    run_id = resolve_run_id(store, model)
+    path = fetch_generator(store, run_id, config.cache_dir)
+
+    # Keras loads TensorFlow, which takes seconds, so it is imported once the model is known to exist.
     import keras
 
     from pipeline.data.pixels import to_uint8
     from pipeline.training.samples import write_sample_grid
 
-    if count < 1:
-        raise PipelineError(f"--count {count} is invalid: generate at least 1 image")
-    run_id = resolve_run_id(store, model)
-    path = fetch_generator(store, run_id, config.cache_dir)
     generator = keras.models.load_model(path, compile=False)
     latent_dim = int(generator.input_shape[-1])
     latent = generation_latents(store, run_id, latents, count, latent_dim, seed)
