@@ -89,7 +89,10 @@ def decide_promotion(candidate: dict[str, Any], best: dict[str, Any] | None, mar
         return PromotionDecision(True, f"best run {best_run_id} has no finite fid ({best_fid!r})", best_run_id)
     improvement = best_fid - fid
     if improvement > margin:
-        reason = f"fid {fid:.4f} beats {best_fid:.4f} of run {best_run_id} by {improvement:.4f}, more than the margin {margin:g}"
+        reason = (
+            f"fid {fid:.4f} beats {best_fid:.4f} of run {best_run_id} by {improvement:.4f}, "
+            f"more than the margin {margin:g}"
+        )
         return PromotionDecision(True, reason, best_run_id)
     reason = (
         f"fid {fid:.4f} does not beat {best_fid:.4f} of run {best_run_id} by more than the margin {margin:g}"
@@ -120,7 +123,7 @@ def promote_best(store: ArtifactStore, candidate: dict[str, Any], margin: float)
 
 
 def update_latest(store: ArtifactStore, candidate: dict[str, Any]) -> bool:
-    """Point `models/latest.json` at `candidate` unless it names a newer complete run; returns whether it names `candidate` now.
+    """Point `models/latest.json` at `candidate` unless it names a newer run; returns whether it names `candidate` now.
 
     Runs are ordered by (created_at of their run.json, run_id), so a retry of an older run never
     moves the pointer back.

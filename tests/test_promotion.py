@@ -142,7 +142,9 @@ def test_concurrent_promotions_on_s3_one_winner(store):
     candidates = [_pointer(f"run-{index}", 20.0) for index in range(4)]
 
     # Equal FIDs: once one run is best, no other beats it, so only conditional writes keep one winner.
-    decisions = _run_together([lambda candidate=candidate: promote_best(store, candidate, 0.0) for candidate in candidates])
+    decisions = _run_together(
+        [lambda candidate=candidate: promote_best(store, candidate, 0.0) for candidate in candidates]
+    )
 
     winners = [candidate["run_id"] for candidate, decision in zip(candidates, decisions) if decision.promoted]
     assert len(winners) == 1

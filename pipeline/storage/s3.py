@@ -235,7 +235,8 @@ class S3Store(ArtifactStore):
                 )
             except ClientError as error:
                 if _error_code(error) in _CONFLICT_CODES or (expected_version is not None and _is_missing(error)):
-                    logger.info("conditional write of %s lost to another writer (%s)", self.location(key), _error_code(error))
+                    code = _error_code(error)
+                    logger.info("conditional write of %s lost to another writer (%s)", self.location(key), code)
                     return False
                 raise
         return True
