@@ -76,6 +76,19 @@ PARAMS = {
     ),
     "store_region": Param(None, type=["null", "string"], description="S3 region name."),
     "store_create_bucket": Param(False, type="boolean", description="Create the S3 bucket when it is missing."),
+    "store_profile": Param(
+        None, type=["null", "string"], description="AWS profile with the S3 credentials, when no connection is set."
+    ),
+    "store_max_retries": Param(
+        4, type="integer", minimum=0, maximum=20, description="Retries of a failed S3 request, with adaptive backoff."
+    ),
+    "promotion_margin": Param(
+        0.0, type="number", minimum=0, description="FID a run must beat the best by to become models/best.json."
+    ),
+    "keep_last_runs": Param(10, type="integer", minimum=1, description="Complete runs that retention keeps."),
+    "delete_old_runs": Param(
+        False, type="boolean", description="Delete complete runs beyond keep_last_runs that no pointer names."
+    ),
 }
 
 

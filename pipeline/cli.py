@@ -83,8 +83,30 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_settings(demo)
 
-    runs = commands.add_parser("runs", help="list complete runs in the store with their metrics")
+    runs = commands.add_parser(
+        "runs", help="list complete runs with their metrics and promotion state, and incomplete run ids"
+    )
     _add_settings(runs)
+
+    generate = commands.add_parser("generate", help="write images from the generator of a published run")
+    generate.add_argument(
+        "--model", default="best", help="best, latest or a run id (default: %(default)s)"
+    )
+    generate.add_argument("--count", type=int, default=64, help="number of images (default: %(default)s)")
+    generate.add_argument(
+        "--out", type=Path, required=True, help="a .png path for one grid, or a directory for one PNG per image"
+    )
+    generate.add_argument(
+        "--latents",
+        choices=("random", "fixed"),
+        default="random",
+        help="random: standard normal latents from --latent-seed; fixed: the run's sample-grid latents "
+        "(default: %(default)s)",
+    )
+    generate.add_argument(
+        "--latent-seed", type=int, default=0, help="seed of the random latents (default: %(default)s)"
+    )
+    _add_settings(generate)
     return parser
 
 
@@ -104,7 +126,9 @@ def _execute(args: argparse.Namespace) -> Any:
     if args.command == "run":
         return steps.run_all(values, args.run_id or steps.new_run_id())
     if args.command == "runs":
-        return steps.list_runs(values)
+        return _runs(values)
+    if args.command == "generate":
+        return _generate(values, args)
     if args.command == "demo":
         return _demo(values, args.airflow_home)
     raise AssertionError(f"unhandled command {args.command}")
@@ -118,6 +142,26 @@ def _demo(values: dict[str, Any], airflow_home: Path) -> dict[str, Any]:
     summary = steps.describe_run(params, run_id)
     log.info("report: %s", summary["report_html"])
     return summary
+
+
+def _runs(values: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.config import PipelineConfig
+    from pipeline.publish import list_runs
+    from pipeline.retention import scan_runs
+    from pipeline.storage import open_store
+
+    store = open_store(PipelineConfig.from_mapping(values).store)
+    return {"runs": list_runs(store), "incomplete_runs": scan_runs(store).incomplete}
+
+
+def _generate(values: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    from pipeline.config import PipelineConfig
+    from pipeline.generate import generate_images
+    from pipeline.storage import open_store
+
+    config = PipelineConfig.from_mapping(values)
+    store = open_store(config.store)
+    return generate_images(config, store, args.model, args.count, args.out, latents=args.latents, seed=args.latent_seed)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

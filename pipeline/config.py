@@ -66,6 +66,22 @@ class StoreConfig:
     region: str | None = None
     aws_conn_id: str | None = DEFAULT_STORE_AWS_CONN_ID
     create_bucket: bool = False
+    profile: str | None = None
+    max_retries: int = 4
+
+
+@dataclass(frozen=True)
+class PromotionConfig:
+    """When a run becomes `models/best.json`, and which old runs the publish step deletes.
+
+    A run is promoted when `best_fid - fid > promotion_margin`. Retention keeps the newest
+    `keep_last_runs` complete runs and every run a pointer names; others are deleted only when
+    `delete_old_runs` is true.
+    """
+
+    promotion_margin: float = 0.0
+    keep_last_runs: int = 10
+    delete_old_runs: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
     cache_dir: str = str(DEFAULT_HOME / "cache")
 
     @classmethod
@@ -113,7 +130,13 @@ class PipelineConfig:
             raise ConfigError("source", flat["source"], "must name a dataset source, for example 'fashion_mnist'")
 
 
-_SECTIONS = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "store": StoreConfig}
+_SECTIONS = {
+    "data": DataConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "store": StoreConfig,
+    "promotion": PromotionConfig,
+}
 
 # Flat key -> (section, field name, type). Store fields carry a `store_` prefix; others keep their name.
 _PREFIXES = {"store": "store_"}
@@ -201,4 +224,7 @@ _RULES = [
     ("kid_subset_size", "must be at least 2", lambda v: v >= 2),
     ("kid_subsets", "must be a positive integer", _positive),
     ("classifier_epochs", "must be a positive integer", _positive),
+    ("store_max_retries", "must be between 0 and 20", lambda v: 0 <= v <= 20),
+    ("promotion_margin", "must be a non-negative FID difference", lambda v: v >= 0),
+    ("keep_last_runs", "must be at least 1", lambda v: v >= 1),
 ]

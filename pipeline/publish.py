@@ -2,13 +2,13 @@
 
 A run is complete once `runs/<run_id>/run.json` exists, which is why it is written after every
 other object of the run is listed and hashed. The pointers `models/latest.json` and
-`models/best.json` are written after `run.json`, so they only ever name complete runs.
+`models/best.json` are written after `run.json`, so they only ever name complete runs. After the
+promotion gate, run.json is replaced once more with the gate's decision added.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -18,6 +18,15 @@ import pipeline
 from pipeline.config import PipelineConfig
 from pipeline.errors import StoreError
 from pipeline.layout import BEST_POINTER, LATEST_POINTER, RUN_JSON, run_key, run_prefix, safe_run_id
+from pipeline.promotion import (
+    PromotionDecision,
+    evaluation_basis,
+    promote_best,
+    read_pointer,
+    update_latest,
+    utc_now,
+)
+from pipeline.retention import apply_retention, scan_runs
 from pipeline.storage.base import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -33,42 +42,62 @@ _SECRET_NAME = re.compile(r"secret|password|passwd|token|credential|access_key|p
 def publish_run(
     config: PipelineConfig, store: ArtifactStore, run_id: str, fingerprint: str, metrics: dict
 ) -> dict:
-    """Write `runs/<run_id>/run.json` and update `models/latest.json` and, if better, `models/best.json`.
+    """Write `runs/<run_id>/run.json`, move `models/latest.json`, apply the promotion gate, then retention.
 
     Training and evaluation must already have written `generator.keras` and `report.json` under
     `runs/<run_id>/`, else StoreError names the missing key. `metrics` should contain `fid` and
-    `kid_mean`; the run becomes best when no best exists or its `fid` is lower than the best's.
+    `kid_mean`. The run becomes `models/best.json` when `promotion.decide_promotion` accepts it with
+    `config.promotion.promotion_margin`. The decision and its reason are added to run.json as
+    `promotion`. Old runs are deleted only with `config.promotion.delete_old_runs`.
 
-    Idempotent: when `run.json` exists it is kept as it is, and a pointer is written only if the
-    earlier attempt stopped before writing it, so a second call after success writes nothing.
-    Returns `{"run_id", "run_json_key", "run_location", "num_objects", "promoted", "latest_key"}`,
-    where `promoted` is True when `models/best.json` names this run as the call returns.
+    Idempotent: an existing run.json keeps its objects and metrics, a recorded promotion decision
+    is reused, and pointers already naming this run are not rewritten.
+    Returns `{"run_id", "run_json_key", "run_location", "num_objects", "promoted", "promotion_reason",
+    "best_run_id", "latest_key", "deleted_runs"}`, where `best_run_id` is the best run after the gate.
     """
     run_id = safe_run_id(run_id)
     run_json_key = run_key(run_id, RUN_JSON)
-
-    if store.exists(run_json_key):
-        record = store.get_json(run_json_key)
-        logger.info("run %s is already published at %s, so its run.json is kept", run_id, store.location(run_json_key))
-    else:
-        record = build_run_record(config, store, run_id, fingerprint, metrics)
-        store.put_json(run_json_key, record)
-        logger.info(
-            "published run %s: %d objects, run.json at %s", run_id, len(record["objects"]), store.location(run_json_key)
-        )
+    record = _load_or_write_record(config, store, run_id, fingerprint, metrics)
 
     pointer = _pointer(store, record)
-    _update_latest(store, pointer, record.get("created_at", ""))
-    promoted = _update_best(store, pointer)
+    update_latest(store, pointer)
+    if "promotion" in record:
+        decision = PromotionDecision(**record["promotion"])
+        logger.info("run %s: reusing its recorded promotion decision (%s)", run_id, decision.reason)
+    else:
+        decision = promote_best(store, pointer, config.promotion.promotion_margin)
+        # run.json stays complete: the rewrite replaces it atomically with the same objects and metrics.
+        store.put_json(run_json_key, {**record, "promotion": decision.to_json()})
 
+    deleted = apply_retention(store, config.promotion.keep_last_runs, config.promotion.delete_old_runs)
     return {
         "run_id": run_id,
         "run_json_key": run_json_key,
         "run_location": pointer["run_location"],
         "num_objects": len(record["objects"]),
-        "promoted": promoted,
+        "promoted": decision.promoted,
+        "promotion_reason": decision.reason,
+        "best_run_id": run_id if decision.promoted else decision.best_run_id,
         "latest_key": LATEST_POINTER,
+        "deleted_runs": deleted,
     }
+
+
+def _load_or_write_record(
+    config: PipelineConfig, store: ArtifactStore, run_id: str, fingerprint: str, metrics: dict
+) -> dict:
+    """Return the run.json of the run, writing it first when an earlier attempt has not."""
+    run_json_key = run_key(run_id, RUN_JSON)
+    if store.exists(run_json_key):
+        logger.info("run %s is already published at %s, so its run.json is kept", run_id, store.location(run_json_key))
+        return store.get_json(run_json_key)
+
+    record = build_run_record(config, store, run_id, fingerprint, metrics)
+    store.put_json(run_json_key, record)
+    logger.info(
+        "published run %s: %d objects, run.json at %s", run_id, len(record["objects"]), store.location(run_json_key)
+    )
+    return record
 
 
 def build_run_record(
@@ -96,31 +125,27 @@ def build_run_record(
         "seed": config.train.seed,
         "code_version": pipeline.__version__,
         "metrics": _plain(metrics),
+        "evaluation_basis": evaluation_basis(store.get_json(run_key(run_id, REPORT_FILE))),
         "objects": objects,
-        "created_at": _utc_now(),
+        "created_at": utc_now(),
     }
 
 
 def list_runs(store: ArtifactStore) -> list[dict]:
     """Return a summary of every complete run (one with `run.json`), oldest first.
 
-    Each summary contains run_id, created_at, fingerprint, fid, kid_mean, num_objects and location.
-    Runs without `run.json` are incomplete (still running or failed): they are logged and skipped.
+    Each summary contains run_id, created_at, fingerprint, fid, kid_mean, num_objects, location,
+    promoted and promotion_reason (the gate's decision when the run was published, None for runs
+    published before the gate existed), is_best and is_latest (what the pointers name now).
+    Incomplete runs (still running or failed) are logged by `scan_runs` and skipped.
     """
-    run_ids: dict[str, bool] = {}
-    for info in store.list("runs/"):
-        parts = info.key.split("/")
-        if len(parts) < 3:
-            continue
-        run_ids[parts[1]] = run_ids.get(parts[1], False) or parts[2] == RUN_JSON
-
+    best = read_pointer(store, BEST_POINTER) or {}
+    latest = read_pointer(store, LATEST_POINTER) or {}
     runs = []
-    for run_id, complete in run_ids.items():
-        if not complete:
-            logger.info("skipped run %s: it has no run.json, so it is incomplete", run_id)
-            continue
+    for run_id in scan_runs(store).complete:
         record = store.get_json(run_key(run_id, RUN_JSON))
         metrics = record.get("metrics", {})
+        promotion = record.get("promotion", {})
         runs.append(
             {
                 "run_id": run_id,
@@ -130,6 +155,10 @@ def list_runs(store: ArtifactStore) -> list[dict]:
                 "kid_mean": metrics.get("kid_mean"),
                 "num_objects": len(record.get("objects", [])),
                 "location": store.location(run_prefix(run_id).rstrip("/")),
+                "promoted": promotion.get("promoted"),
+                "promotion_reason": promotion.get("reason"),
+                "is_best": best.get("run_id") == run_id,
+                "is_latest": latest.get("run_id") == run_id,
             }
         )
     return sorted(runs, key=lambda run: (run["created_at"] or "", run["run_id"]))
@@ -157,65 +186,18 @@ def _pointer(store: ArtifactStore, record: dict) -> dict:
     """Build the content of a model pointer to the run that `record` describes (without updated_at)."""
     run_id = record["run_id"]
     metrics = record.get("metrics", {})
+    generator_key = run_key(run_id, GENERATOR_FILE)
+    generator_sha256 = next((entry["sha256"] for entry in record["objects"] if entry["key"] == generator_key), None)
     return {
         "run_id": run_id,
         "run_location": store.location(run_prefix(run_id).rstrip("/")),
-        "generator_key": run_key(run_id, GENERATOR_FILE),
+        "generator_key": generator_key,
+        "generator_sha256": generator_sha256,
         "fid": metrics.get("fid"),
         "kid_mean": metrics.get("kid_mean"),
+        "basis": record.get("evaluation_basis", {}),
+        "created_at": record.get("created_at", ""),
     }
-
-
-def _update_latest(store: ArtifactStore, pointer: dict, created_at: str) -> None:
-    """Point `models/latest.json` at this run unless it was last updated after this run was recorded.
-
-    A pointer updated before `created_at` means that the earlier attempt of this run stopped
-    after writing `run.json` but before writing the pointer. A later pointer names this run or a newer one.
-    """
-    # NOTE: timestamps come from each worker's clock, so clock skew between machines can reorder runs.
-    if store.exists(LATEST_POINTER):
-        current = store.get_json(LATEST_POINTER)
-        if current.get("run_id") == pointer["run_id"] or current.get("updated_at", "") >= created_at:
-            return
-
-    store.put_json(LATEST_POINTER, {**pointer, "updated_at": _utc_now()})
-    logger.info("models/latest.json now points at run %s", pointer["run_id"])
-
-
-def _update_best(store: ArtifactStore, pointer: dict) -> bool:
-    """Point `models/best.json` at this run when there is no best, the best has no finite fid, or this run's is lower.
-
-    Returns whether `models/best.json` names this run afterwards.
-    """
-    # TODO: read-then-write is not atomic, so two runs publishing at once can both win. A margin
-    # and conditional writes (If-Match on S3) would make promotion safe under concurrency.
-    current = store.get_json(BEST_POINTER) if store.exists(BEST_POINTER) else None
-    if current is not None and current.get("run_id") == pointer["run_id"]:
-        return True
-
-    fid = pointer["fid"]
-    if not _is_finite_number(fid):
-        logger.warning("run %s cannot become best: its fid is %r, not a finite number", pointer["run_id"], fid)
-        return False
-
-    best_fid = None if current is None else current.get("fid")
-    if _is_finite_number(best_fid) and fid >= best_fid:
-        logger.info(
-            "best stays at run %s: fid %.4f of run %s is not lower than %.4f",
-            current.get("run_id"),
-            fid,
-            pointer["run_id"],
-            best_fid,
-        )
-        return False
-
-    store.put_json(BEST_POINTER, {**pointer, "updated_at": _utc_now()})
-    logger.info("models/best.json now points at run %s (fid %.4f, previous %s)", pointer["run_id"], fid, best_fid)
-    return True
-
-
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _plain(value: Any) -> Any:
@@ -227,8 +209,3 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return value
-
-
-def _utc_now() -> str:
-    """Return the current UTC time as ISO-8601 with microseconds, for example 2025-01-31T12:00:00.000000+00:00."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import threading
 from datetime import datetime, timedelta
 
 import pytest
@@ -29,7 +31,20 @@ def store(tmp_path) -> LocalStore:
     return LocalStore(tmp_path / "store")
 
 
-def _write_run(store, run_id: str, *, generator: bool = True, report: bool = True) -> dict[str, bytes]:
+def _report(run_id: str, *, num_generated: int = 1000, extractor: str = "fashion-cnn") -> bytes:
+    """Return a report.json with the fields that decide whether two FIDs are comparable."""
+    report = {
+        "run_id": run_id,
+        "fingerprint": FINGERPRINT,
+        "extractor": {"name": extractor, "sha256": "e" * 64},
+        "metrics": {"fid": {"value": 1.0, "num_real": 1000, "num_generated": num_generated}},
+    }
+    return json.dumps(report).encode()
+
+
+def _write_run(
+    store, run_id: str, *, generator: bool = True, report: bool = True, num_generated: int = 1000
+) -> dict[str, bytes]:
     """Write the objects that training and evaluation leave under runs/<run_id>/; return key -> content."""
     objects = {
         f"runs/{run_id}/checkpoints/ckpt-10.weights.h5": b"checkpoint " + run_id.encode(),
@@ -38,7 +53,7 @@ def _write_run(store, run_id: str, *, generator: bool = True, report: bool = Tru
     if generator:
         objects[f"runs/{run_id}/generator.keras"] = b"generator " + run_id.encode()
     if report:
-        objects[f"runs/{run_id}/report.json"] = b'{"fid": 1.0}'
+        objects[f"runs/{run_id}/report.json"] = _report(run_id, num_generated=num_generated)
     for key, content in objects.items():
         store.put_bytes(key, content)
     return objects
@@ -96,7 +111,10 @@ def test_publish_returns_summary(config, store):
         "run_location": str(store.root / "runs" / "run-1"),
         "num_objects": 4,
         "promoted": True,
+        "promotion_reason": "no best model existed yet",
+        "best_run_id": "run-1",
         "latest_key": "models/latest.json",
+        "deleted_runs": [],
     }
 
 
@@ -246,3 +264,136 @@ def test_publish_on_s3_store(config, s3_env):
         key: hashlib.sha256(content).hexdigest() for key, content in written.items()
     }
     assert store.get_json("models/best.json")["run_location"] == summary["run_location"]
+
+
+def test_promotion_decision_recorded_in_run_json(config, store):
+    _write_run(store, "run-1")
+    _write_run(store, "run-2")
+    publish_run(config, store, "run-1", FINGERPRINT, _metrics(20.0))
+
+    publish_run(config, store, "run-2", FINGERPRINT, _metrics(25.0))
+
+    promotion = store.get_json("runs/run-2/run.json")["promotion"]
+    assert promotion["promoted"] is False
+    assert promotion["best_run_id"] == "run-1"
+    assert "does not beat 20.0000 of run run-1" in promotion["reason"]
+
+
+def test_run_json_keeps_objects_after_promotion_rewrite(config, store):
+    written = _write_run(store, "run-1")
+
+    publish_run(config, store, "run-1", FINGERPRINT, _metrics(20.0))
+
+    record = store.get_json("runs/run-1/run.json")
+    assert sorted(entry["key"] for entry in record["objects"]) == sorted(written)
+    assert record["evaluation_basis"]["num_generated"] == 1000
+
+
+def test_improvement_within_margin_not_promoted(tmp_path, store):
+    config = PipelineConfig.from_mapping({"store_uri": str(store.root), "promotion_margin": 1.0})
+    _write_run(store, "run-1")
+    _write_run(store, "run-2")
+    publish_run(config, store, "run-1", FINGERPRINT, _metrics(20.0))
+
+    summary = publish_run(config, store, "run-2", FINGERPRINT, _metrics(19.5))
+
+    assert summary["promoted"] is False
+    assert summary["best_run_id"] == "run-1"
+    assert store.get_json("models/best.json")["run_id"] == "run-1"
+
+
+def test_improvement_beyond_margin_promoted(tmp_path, store):
+    config = PipelineConfig.from_mapping({"store_uri": str(store.root), "promotion_margin": 1.0})
+    _write_run(store, "run-1")
+    _write_run(store, "run-2")
+    publish_run(config, store, "run-1", FINGERPRINT, _metrics(20.0))
+
+    summary = publish_run(config, store, "run-2", FINGERPRINT, _metrics(18.5))
+
+    assert summary["promoted"] is True
+    assert store.get_json("models/best.json")["previous_run_id"] == "run-1"
+
+
+def test_different_sample_count_not_comparable(config, store):
+    _write_run(store, "run-1")
+    _write_run(store, "run-2", num_generated=500)
+    publish_run(config, store, "run-1", FINGERPRINT, _metrics(20.0))
+
+    summary = publish_run(config, store, "run-2", FINGERPRINT, _metrics(5.0))
+
+    assert summary["promoted"] is False
+    assert "not comparable" in summary["promotion_reason"]
+    assert "num_generated (500 vs 1000)" in summary["promotion_reason"]
+    assert store.get_json("models/best.json")["run_id"] == "run-1"
+
+
+def test_list_runs_shows_promotion_state(config, store):
+    _write_run(store, "run-1")
+    _write_run(store, "run-2")
+    publish_run(config, store, "run-1", FINGERPRINT, _metrics(20.0))
+    publish_run(config, store, "run-2", FINGERPRINT, _metrics(25.0))
+
+    runs = {run["run_id"]: run for run in list_runs(store)}
+
+    assert runs["run-1"]["promoted"] is True
+    assert runs["run-1"]["is_best"] is True
+    assert runs["run-1"]["is_latest"] is False
+    assert runs["run-2"]["promoted"] is False
+    assert runs["run-2"]["is_latest"] is True
+    assert "does not beat" in runs["run-2"]["promotion_reason"]
+
+
+def _publish_concurrently(config, store, run_ids: list[str], fid: float) -> list[dict]:
+    """Publish `run_ids` from one thread each, released together by a barrier."""
+    barrier = threading.Barrier(len(run_ids))
+    results: dict[str, dict] = {}
+    errors: list[BaseException] = []
+
+    def publish(run_id: str) -> None:
+        barrier.wait()
+        try:
+            results[run_id] = publish_run(config, store, run_id, FINGERPRINT, _metrics(fid))
+        except BaseException as error:  # collected so the test reports it instead of a silent thread death
+            errors.append(error)
+
+    threads = [threading.Thread(target=publish, args=(run_id,)) for run_id in run_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    return [results[run_id] for run_id in run_ids]
+
+
+def test_concurrent_promotions_on_local_store_one_winner(config, store):
+    run_ids = [f"run-{index}" for index in range(4)]
+    for run_id in run_ids:
+        _write_run(store, run_id)
+
+    # Equal FIDs: whichever run writes best.json first, no other beats it.
+    results = _publish_concurrently(config, store, run_ids, fid=20.0)
+
+    winners = [result["run_id"] for result in results if result["promoted"]]
+    assert len(winners) == 1
+    assert store.get_json("models/best.json")["run_id"] == winners[0]
+
+
+def test_retention_keeps_pointer_runs_without_deleting(tmp_path, store):
+    config = PipelineConfig.from_mapping({"store_uri": str(store.root), "keep_last_runs": 1})
+    for index, fid in enumerate([10.0, 20.0, 30.0]):
+        _write_run(store, f"run-{index}")
+        publish_run(config, store, f"run-{index}", FINGERPRINT, _metrics(fid))
+
+    assert [run["run_id"] for run in list_runs(store)] == ["run-0", "run-1", "run-2"]
+
+
+def test_retention_deletes_only_unnamed_old_runs(tmp_path, store):
+    config = PipelineConfig.from_mapping({"store_uri": str(store.root), "keep_last_runs": 1, "delete_old_runs": True})
+    summaries = []
+    for index, fid in enumerate([20.0, 10.0, 30.0, 40.0]):
+        _write_run(store, f"run-{index}")
+        summaries.append(publish_run(config, store, f"run-{index}", FINGERPRINT, _metrics(fid)))
+
+    assert [run["run_id"] for run in list_runs(store)] == ["run-0", "run-1", "run-3"]
+    assert summaries[3]["deleted_runs"] == ["run-2"]
+    assert store.list("runs/run-2/") == []

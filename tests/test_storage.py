@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -386,3 +387,177 @@ def test_unknown_airflow_connection_raises_config_error():
 
     with pytest.raises(ConfigError, match="no_such_connection"):
         session_from_airflow("no_such_connection")
+
+
+# --- conditional writes: both stores -----------------------------------------------------------
+
+
+def test_put_bytes_if_creates_missing_key(case):
+    written = case.store.put_bytes_if("models/best.json", b"first", None)
+
+    assert written is True
+    assert case.store.get_bytes("models/best.json") == b"first"
+
+
+def test_put_bytes_if_none_rejects_existing_key(case):
+    case.store.put_bytes_if("models/best.json", b"first", None)
+
+    written = case.store.put_bytes_if("models/best.json", b"second", None)
+
+    assert written is False
+    assert case.store.get_bytes("models/best.json") == b"first"
+
+
+def test_put_bytes_if_matching_version_writes(case):
+    case.store.put_bytes_if("models/best.json", b"first", None)
+    version = case.store.get_versioned("models/best.json").version
+
+    written = case.store.put_bytes_if("models/best.json", b"second", version)
+
+    assert written is True
+    assert case.store.get_bytes("models/best.json") == b"second"
+
+
+def test_put_bytes_if_stale_version_rejected(case):
+    case.store.put_bytes_if("models/best.json", b"first", None)
+    stale = case.store.get_versioned("models/best.json").version
+    case.store.put_bytes_if("models/best.json", b"second", stale)
+
+    written = case.store.put_bytes_if("models/best.json", b"third", stale)
+
+    assert written is False
+    assert case.store.get_bytes("models/best.json") == b"second"
+
+
+def test_get_versioned_missing_key_is_none(case):
+    assert case.store.get_versioned("models/best.json") is None
+
+
+def test_concurrent_conditional_creates_one_winner(case):
+    writers = 6
+    barrier = threading.Barrier(writers)
+    outcomes: list[bool] = []
+
+    def write(index: int) -> None:
+        barrier.wait()
+        outcomes.append(case.store.put_bytes_if("models/best.json", f"writer {index}".encode(), None))
+
+    threads = [threading.Thread(target=write, args=(index,)) for index in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert outcomes.count(True) == 1
+    assert outcomes.count(False) == writers - 1
+
+
+# --- uploads with the checksum settings for S3-compatible servers ------------------------------
+
+
+def _record_checksum_headers(store: S3Store) -> list[str]:
+    """Collect the names of checksum headers that the client sends, for every request."""
+    sent: list[str] = []
+
+    def record(request, **_):
+        sent.extend(name for name in request.headers if name.lower().startswith("x-amz-checksum-"))
+
+    store.client.meta.events.register("before-send.s3", record)
+    return sent
+
+
+@pytest.mark.parametrize("size", [1000, 20 * 1000 * 1000], ids=["1KB", "20MB"])
+def test_upload_without_default_checksums(s3_env, tmp_path, size):
+    store = S3Store.from_uri(f"s3://{s3_env['bucket']}", endpoint_url=s3_env["endpoint_url"], create_bucket=True)
+    checksum_headers = _record_checksum_headers(store)
+    source = tmp_path / "upload.bin"
+    source.write_bytes(os.urandom(size))
+
+    store.put_file("runs/r1/upload.bin", source)
+
+    head = store.client.head_object(Bucket=s3_env["bucket"], Key="runs/r1/upload.bin")
+    assert head["ContentLength"] == size
+    assert head["Metadata"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert checksum_headers == []
+
+
+def test_20mb_upload_is_multipart(s3_env, tmp_path):
+    store = S3Store.from_uri(f"s3://{s3_env['bucket']}", endpoint_url=s3_env["endpoint_url"], create_bucket=True)
+    source = tmp_path / "upload.bin"
+    source.write_bytes(os.urandom(20 * 1000 * 1000))
+
+    store.put_file("runs/r1/upload.bin", source)
+
+    etag = store.client.head_object(Bucket=s3_env["bucket"], Key="runs/r1/upload.bin")["ETag"].strip('"')
+    assert etag.endswith("-3")
+    assert store.unfinished_uploads() == []
+
+
+def test_rerun_of_uploads_sends_no_data(s3_env, tmp_path):
+    store = S3Store.from_uri(f"s3://{s3_env['bucket']}", endpoint_url=s3_env["endpoint_url"], create_bucket=True)
+    files = {}
+    for name, size in [("small.bin", 1000), ("large.bin", 9 * 1000 * 1000)]:
+        files[name] = tmp_path / name
+        files[name].write_bytes(os.urandom(size))
+    for name, path in files.items():
+        store.put_file(f"runs/r1/{name}", path)
+    uploads: list[str] = []
+    for operation in ("PutObject", "CreateMultipartUpload", "UploadPart"):
+        store.client.meta.events.register(
+            f"provide-client-params.s3.{operation}", lambda params, **_: uploads.append(params["Key"])
+        )
+
+    for name, path in files.items():
+        store.put_file(f"runs/r1/{name}", path)
+
+    assert uploads == []
+
+
+def test_unfinished_upload_of_key_aborted_before_upload(s3_env, tmp_path):
+    store = S3Store.from_uri(f"s3://{s3_env['bucket']}", endpoint_url=s3_env["endpoint_url"], create_bucket=True)
+    assert store.unfinished_uploads() == []  # creates the bucket
+    store.client.create_multipart_upload(Bucket=s3_env["bucket"], Key="runs/r1/large.bin")
+    store.client.create_multipart_upload(Bucket=s3_env["bucket"], Key="runs/r1/other.bin")
+    source = tmp_path / "large.bin"
+    source.write_bytes(os.urandom(9 * 1000 * 1000))
+
+    store.put_file("runs/r1/large.bin", source)
+
+    assert [upload["Key"] for upload in store.unfinished_uploads()] == ["runs/r1/other.bin"]
+
+
+def test_endpoint_down_retries_bounded(s3_env):
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    store = S3Store.from_uri(
+        f"s3://{s3_env['bucket']}", endpoint_url=endpoint, max_retries=2, connect_timeout_s=1, read_timeout_s=1
+    )
+    attempts: list[str] = []
+    store.client.meta.events.register("before-send.s3", lambda request, **_: attempts.append(request.url))
+
+    with pytest.raises(StoreError, match=f"s3://{s3_env['bucket']}/runs/r1/generator.keras"):
+        store.put_bytes("runs/r1/generator.keras", b"weights")
+
+    assert len(attempts) == 3
+
+
+def test_open_store_uses_profile(s3_env, tmp_path, monkeypatch):
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[pipeline]\naws_access_key_id = from-profile\naws_secret_access_key = profile-secret\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    config = StoreConfig(uri=f"s3://{s3_env['bucket']}", endpoint_url=s3_env["endpoint_url"], profile="pipeline")
+
+    store = open_store(config)
+
+    assert store.client._request_signer._credentials.access_key == "from-profile"
+
+
+def test_open_store_unknown_profile_raises_config_error(s3_env, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    config = StoreConfig(uri=f"s3://{s3_env['bucket']}", endpoint_url=s3_env["endpoint_url"], profile="missing")
+
+    with pytest.raises(ConfigError, match="store_profile"):
+        open_store(config)

@@ -12,9 +12,11 @@ __all__ = ["ArtifactStore", "ObjectInfo", "open_store", "sha256_file"]
 def open_store(config: StoreConfig, session=None) -> ArtifactStore:
     """Open the store at `config.uri`: `s3://bucket/prefix` or a local directory (`file://` optional).
 
-    `session` is an optional boto3 session. Without one, and with `config.aws_conn_id` set, the
-    session and the endpoint URL come from that Airflow connection. `config.endpoint_url` and
-    `config.region` take precedence over the connection's values.
+    `session` is an optional boto3 session. Without one, credentials come from, in this order: the
+    Airflow connection `config.aws_conn_id` (which also gives the endpoint URL), the named profile
+    `config.profile` of the AWS config files, or boto3's default chain (environment variables,
+    files, instance roles). `config.endpoint_url` and `config.region` take precedence over the
+    connection's values. Credentials are never logged.
     """
     uri = config.uri
     if uri.startswith("s3://"):
@@ -26,15 +28,31 @@ def open_store(config: StoreConfig, session=None) -> ArtifactStore:
 
             session, connection_endpoint = session_from_airflow(config.aws_conn_id)
             endpoint_url = endpoint_url or connection_endpoint
+        elif session is None and config.profile:
+            session = _profile_session(config.profile)
         return S3Store.from_uri(
             uri,
             endpoint_url=endpoint_url,
             region=config.region,
             session=session,
             create_bucket=config.create_bucket,
+            max_retries=config.max_retries,
         )
     if "://" in uri and not uri.startswith("file://"):
         raise ConfigError("store_uri", uri, "must be a local directory, file://PATH or s3://BUCKET[/PREFIX]")
     from pipeline.storage.local import LocalStore
 
     return LocalStore(uri.removeprefix("file://"))
+
+
+def _profile_session(profile: str):
+    """Return a boto3 session for the named profile of ~/.aws/config and ~/.aws/credentials."""
+    import boto3
+    from botocore.exceptions import ProfileNotFound
+
+    try:
+        return boto3.session.Session(profile_name=profile)
+    except ProfileNotFound as error:
+        raise ConfigError(
+            "store_profile", profile, "no such profile in the AWS config files: add it, or unset store_profile"
+        ) from error

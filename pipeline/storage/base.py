@@ -24,6 +24,17 @@ class ObjectInfo:
     size: int
 
 
+@dataclass(frozen=True)
+class VersionedObject:
+    """The content of an object and the version token that a conditional write compares against.
+
+    The token is opaque to callers: the ETag on S3, the content sha256 in a local directory.
+    """
+
+    data: bytes
+    version: str
+
+
 def sha256_file(path: str | Path) -> str:
     """Return the hex sha256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -86,8 +97,21 @@ class ArtifactStore(ABC):
     def location(self, key: str) -> str:
         """Return where a person finds `key`: a file path or an `s3://` URI."""
 
+    @abstractmethod
+    def get_versioned(self, key: str) -> VersionedObject | None:
+        """Return the content of `key` with its version token, or None when `key` does not exist."""
+
+    @abstractmethod
+    def put_bytes_if(self, key: str, data: bytes, expected_version: str | None) -> bool:
+        """Write `data` to `key` only if `key` still has `expected_version` (None: only if `key` is missing).
+
+        The comparison and the write are one atomic step, so of several writers that read the same
+        version exactly one succeeds. Returns True when written, False when another writer changed
+        `key` first; the caller then reads it again and decides anew.
+        """
+
     def put_json(self, key: str, value: Any) -> None:
-        self.put_bytes(key, json.dumps(value, indent=2, sort_keys=True).encode() + b"\n")
+        self.put_bytes(key, encode_json(value))
 
     def get_json(self, key: str) -> Any:
         data = self.get_bytes(key)
@@ -95,3 +119,22 @@ class ArtifactStore(ABC):
             return json.loads(data)
         except json.JSONDecodeError as error:
             raise StoreError(f"object {self.location(key)} is not valid JSON: {error}") from error
+
+    def get_json_versioned(self, key: str) -> tuple[Any, str] | None:
+        """Return `(value, version)` of the JSON object at `key`, or None when `key` does not exist."""
+        current = self.get_versioned(key)
+        if current is None:
+            return None
+        try:
+            return json.loads(current.data), current.version
+        except json.JSONDecodeError as error:
+            raise StoreError(f"object {self.location(key)} is not valid JSON: {error}") from error
+
+    def put_json_if(self, key: str, value: Any, expected_version: str | None) -> bool:
+        """Write `value` as JSON with `put_bytes_if`; returns whether it was written."""
+        return self.put_bytes_if(key, encode_json(value), expected_version)
+
+
+def encode_json(value: Any) -> bytes:
+    """Encode `value` the way every JSON object of the store is written: indented, sorted keys."""
+    return json.dumps(value, indent=2, sort_keys=True).encode() + b"\n"

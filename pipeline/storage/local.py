@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -10,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from pipeline.errors import StoreError
-from pipeline.storage.base import ArtifactStore, ObjectInfo, check_key, sha256_file
+from pipeline.storage.base import ArtifactStore, ObjectInfo, VersionedObject, check_key, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,37 @@ class LocalStore(ArtifactStore):
 
     def sha256(self, key: str) -> str:
         return sha256_file(self._require(key))
+
+    def get_versioned(self, key: str) -> VersionedObject | None:
+        """Return the content of `key` with its sha256 as the version token, or None when missing."""
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return VersionedObject(data=data, version=hashlib.sha256(data).hexdigest())
+
+    def put_bytes_if(self, key: str, data: bytes, expected_version: str | None) -> bool:
+        """Compare and write under an exclusive `flock` on a hidden `.<name>.lock` file next to `key`.
+
+        Every writer of this store, in any thread or process on a machine that shares the
+        directory, takes the same lock, so the check and the rename cannot interleave.
+        """
+        # NOTE: flock is advisory and not reliable on every network file system (NFS before v4).
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = target.with_name(f".{target.name}.lock")
+        with open(lock_path, "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                current = self.get_versioned(key)
+                current_version = None if current is None else current.version
+                if current_version != expected_version:
+                    return False
+                self._write_atomic(key, lambda output: output.write(data))
+                return True
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
     def _holds(self, key: str, size: int, digest) -> bool:
         """Return whether `key` exists with `size` bytes and the sha256 that `digest()` computes."""

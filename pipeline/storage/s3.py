@@ -23,7 +23,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from pipeline.errors import ConfigError, StoreError
-from pipeline.storage.base import ArtifactStore, ObjectInfo, check_key, sha256_file
+from pipeline.storage.base import ArtifactStore, ObjectInfo, VersionedObject, check_key, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ MIN_PART_BYTES = 5 * 1024 * 1024
 DEFAULT_MULTIPART_BYTES = 8 * 1024 * 1024
 
 _MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+# S3 returns 412 when an If-Match or If-None-Match condition fails, and 409 when another
+# conditional write to the same key is in flight. Both mean "read again and retry".
+_CONFLICT_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 _READ_CHUNK_BYTES = 1 << 20
 
 _BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -173,6 +176,9 @@ class S3Store(ArtifactStore):
             return
 
         size = os.path.getsize(path)
+        if size >= self.transfer_config.multipart_threshold:
+            self._abort_unfinished_uploads(key)
+
         started = time.monotonic()
         with self._errors("upload", key):
             self.client.upload_file(
@@ -197,6 +203,72 @@ class S3Store(ArtifactStore):
             self.client.put_object(
                 Bucket=self.bucket, Key=self._full_key(key), Body=data, Metadata={SHA256_METADATA: digest}
             )
+
+    def get_versioned(self, key: str) -> VersionedObject | None:
+        """Return the content of `key` with its ETag as the version token, or None when missing."""
+        with self._errors("download", key):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=self._full_key(key))
+            except ClientError as error:
+                if _is_missing(error):
+                    return None
+                raise
+            return VersionedObject(data=response["Body"].read(), version=response["ETag"])
+
+    def put_bytes_if(self, key: str, data: bytes, expected_version: str | None) -> bool:
+        """Write with `If-Match: <ETag>`, or `If-None-Match: *` when `expected_version` is None.
+
+        S3 has evaluated these conditions atomically on PutObject since August 2024 (If-None-Match)
+        and November 2024 (If-Match). A server that ignores them makes this an unconditional write.
+        """
+        # NOTE: MinIO and Ceph support both headers in current releases; older servers may not.
+        condition = {"IfNoneMatch": "*"} if expected_version is None else {"IfMatch": expected_version}
+        digest = hashlib.sha256(data).hexdigest()
+        with self._errors("conditional upload", key):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self._full_key(key),
+                    Body=data,
+                    Metadata={SHA256_METADATA: digest},
+                    **condition,
+                )
+            except ClientError as error:
+                if _error_code(error) in _CONFLICT_CODES or (expected_version is not None and _is_missing(error)):
+                    code = _error_code(error)
+                    logger.info("conditional write of %s lost to another writer (%s)", self.location(key), code)
+                    return False
+                raise
+        return True
+
+    def unfinished_uploads(self, key: str | None = None) -> list[dict]:
+        """Return the multipart uploads started but neither completed nor aborted, under the prefix or for `key`."""
+        if key is not None:
+            full_prefix = self._full_key(key)
+        elif self.prefix:
+            full_prefix = f"{self.prefix}/"
+        else:
+            full_prefix = ""
+        with self._errors("list uploads", key):
+            response = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=full_prefix)
+        uploads = response.get("Uploads", [])
+        if key is not None:
+            uploads = [upload for upload in uploads if upload["Key"] == full_prefix]
+        return uploads
+
+    def _abort_unfinished_uploads(self, key: str) -> None:
+        """Abort multipart uploads of exactly `key` that an earlier, failed attempt left behind.
+
+        Their parts are invisible to readers but are stored and billed until aborted.
+        """
+        # NOTE: this also aborts an upload of the same key still in flight elsewhere. Airflow runs
+        # the attempts of a task one after another, so that happens only with a zombie worker.
+        for upload in self.unfinished_uploads(key):
+            with self._errors("abort upload", key):
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+            logger.info("aborted unfinished multipart upload %s of %s", upload["UploadId"], self.location(key))
 
     def get_file(self, key: str, path: str | Path) -> Path:
         destination = Path(path)
