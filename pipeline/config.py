@@ -55,6 +55,9 @@ class EvalConfig:
     kid_subset_size: int = 1000
     kid_subsets: int = 10
     classifier_epochs: int = 3
+    extractor: str = "classifier"
+    inception_weights: str | None = None
+    precision_recall_k: int = 3
 
 
 @dataclass(frozen=True)
@@ -201,4 +204,6 @@ _RULES = [
     ("kid_subset_size", "must be at least 2", lambda v: v >= 2),
     ("kid_subsets", "must be a positive integer", _positive),
     ("classifier_epochs", "must be a positive integer", _positive),
+    ("extractor", "must be classifier or inception_v3", lambda v: v in ("classifier", "inception_v3")),
+    ("precision_recall_k", "must be a positive integer", _positive),
 ]

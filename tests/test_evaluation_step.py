@@ -103,7 +103,7 @@ def evaluated(tmp_path_factory, fashion_mnist_dir) -> Evaluated:
 def test_evaluate_report_json_parses(evaluated):
     report = json.loads(Path(evaluated.store.location(evaluated.result["report_key"])).read_text())
 
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert report["run_id"] == RUN_ID
     assert report["fingerprint"] == evaluated.fingerprint
 
@@ -129,7 +129,7 @@ def test_evaluate_report_records_counts_and_extractor(evaluated):
     assert report["metrics"]["kid"]["subset_size"] == 64
     assert report["metrics"]["kid"]["num_subsets"] == 4
     assert report["extractor"]["name"] == classifier_module.EXTRACTOR_NAME
-    assert report["extractor"]["test_accuracy"] == evaluated.result["classifier_test_accuracy"]
+    assert report["classifier"]["test_accuracy"] == evaluated.result["classifier_test_accuracy"]
 
 
 def test_evaluate_report_records_final_losses(evaluated):
@@ -150,7 +150,7 @@ def test_evaluate_caches_classifier_with_accuracy(evaluated):
 def test_evaluate_html_embeds_images(evaluated):
     page = Path(evaluated.store.location(evaluated.result["report_html_key"])).read_text()
 
-    assert page.count('src="data:image/png;base64,') == 2
+    assert page.count('src="data:image/png;base64,') == 5
 
 
 def test_evaluate_html_has_no_external_references(evaluated):
@@ -284,7 +284,7 @@ def test_render_report_html_escapes_run_id():
         "extractor": {"name": "cnn", "test_accuracy": 0.9},
     }
 
-    page = render_report_html(report, None, None)
+    page = render_report_html(report, {})
 
     assert "<script>" not in page
     assert "&lt;script&gt;" in page

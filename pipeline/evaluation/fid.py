@@ -72,21 +72,29 @@ def fid_from_features(real_features: np.ndarray, generated_features: np.ndarray)
     covariance is singular and the estimate is dominated by its small-N bias.
     """
     real = as_feature_matrix(real_features, "real_features")
-    generated = as_feature_matrix(generated_features, "generated_features")
-    feature_dim = real.shape[1]
+    return fid_from_statistics(real.mean(axis=0), np.cov(real, rowvar=False), real.shape[0], generated_features)
 
-    for name, features in (("real", real), ("generated", generated)):
-        if features.shape[0] <= feature_dim:
+
+def fid_from_statistics(
+    real_mean: np.ndarray, real_covariance: np.ndarray, num_real: int, generated_features: np.ndarray
+) -> FidResult:
+    """Compute FID of (N, D) generated features against cached real statistics of `num_real` images.
+
+    Warns like `fid_from_features` when either sample count is at most D.
+    """
+    generated = as_feature_matrix(generated_features, "generated_features")
+    feature_dim = generated.shape[1]
+
+    for name, count in (("real", num_real), ("generated", generated.shape[0])):
+        if count <= feature_dim:
             logger.warning(
                 "FID from %d %s samples of %d-dimensional features is strongly biased: "
                 "use more than %d samples and compare FID only at equal sample counts",
-                features.shape[0], name, feature_dim, feature_dim,
+                count, name, feature_dim, feature_dim,
             )
 
-    value = frechet_distance(
-        real.mean(axis=0), np.cov(real, rowvar=False), generated.mean(axis=0), np.cov(generated, rowvar=False)
-    )
-    return FidResult(value=value, num_real=real.shape[0], num_generated=generated.shape[0], feature_dim=feature_dim)
+    value = frechet_distance(real_mean, real_covariance, generated.mean(axis=0), np.cov(generated, rowvar=False))
+    return FidResult(value=value, num_real=num_real, num_generated=generated.shape[0], feature_dim=feature_dim)
 
 
 def as_feature_matrix(features: np.ndarray, name: str) -> np.ndarray:
