@@ -53,14 +53,17 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
             "extract both feature sets with the same model"
         )
 
-    if _is_singular(sigma1) or _is_singular(sigma2):
+    # One eigendecomposition of S1 serves both its singularity check and its square root; adding
+    # the offset to S1 shifts its eigenvalues and keeps its eigenvectors.
+    eigenvalues1, eigenvectors1 = np.linalg.eigh(sigma1)
+    if _is_singular(eigenvalues1) or _is_singular(np.linalg.eigvalsh(sigma2)):
         logger.info("a covariance is singular, so %g is added to both diagonals", SINGULAR_OFFSET)
-        offset = SINGULAR_OFFSET * np.eye(mu1.shape[0])
-        sigma1 = sigma1 + offset
-        sigma2 = sigma2 + offset
+        eigenvalues1 = eigenvalues1 + SINGULAR_OFFSET
+        sigma1 = sigma1 + SINGULAR_OFFSET * np.eye(mu1.shape[0])
+        sigma2 = sigma2 + SINGULAR_OFFSET * np.eye(mu1.shape[0])
 
     mean_term = float(np.sum((mu1 - mu2) ** 2))
-    trace_sqrt = _trace_sqrt_product(sigma1, sigma2)
+    trace_sqrt = _trace_sqrt_product(eigenvalues1, eigenvectors1, sigma2)
     distance = mean_term + float(np.trace(sigma1)) + float(np.trace(sigma2)) - 2.0 * trace_sqrt
     return max(distance, 0.0)
 
@@ -120,17 +123,15 @@ def _as_moments(mu: np.ndarray, sigma: np.ndarray, label: str) -> tuple[np.ndarr
     return mu, sigma
 
 
-def _is_singular(sigma: np.ndarray) -> bool:
-    """Apply numpy's matrix_rank tolerance: smallest eigenvalue <= largest * D * machine epsilon."""
-    eigenvalues = np.linalg.eigvalsh(sigma)
-    tolerance = max(eigenvalues[-1], 0.0) * sigma.shape[0] * np.finfo(np.float64).eps
+def _is_singular(eigenvalues: np.ndarray) -> bool:
+    """Apply numpy's matrix_rank tolerance to ascending eigenvalues: smallest <= largest * D * machine epsilon."""
+    tolerance = max(eigenvalues[-1], 0.0) * len(eigenvalues) * np.finfo(np.float64).eps
     return bool(eigenvalues[0] <= tolerance)
 
 
-def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """Return Tr((S1 S2)^½) = Σ sqrt(eig(√S1 S2 √S1)) for symmetric positive semi-definite S1, S2."""
-    eigenvalues, eigenvectors = np.linalg.eigh(sigma1)
-    sqrt_sigma1 = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+def _trace_sqrt_product(eigenvalues1: np.ndarray, eigenvectors1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Return Tr((S1 S2)^½) = Σ sqrt(eig(√S1 S2 √S1)), given S1's eigendecomposition; S1, S2 symmetric PSD."""
+    sqrt_sigma1 = (eigenvectors1 * np.sqrt(np.clip(eigenvalues1, 0.0, None))) @ eigenvectors1.T
 
     product = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
     product = (product + product.T) / 2.0

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -93,13 +94,20 @@ def build_inception(weights_path: str | Path) -> keras.Model:
     model = keras.applications.InceptionV3(
         include_top=False, weights=None, input_shape=(INPUT_SIZE, INPUT_SIZE, 3), pooling="avg"
     )
-    try:
-        model.load_weights(str(weights_path))
-    except (ValueError, OSError, KeyError) as error:
+    # Keras 3.15 only warns when a .weights.h5 file lacks some layers and leaves those layers
+    # freshly initialised, so a warning about skipped layers is treated as a failed load.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(str(weights_path))
+            problem = next((str(item.message) for item in caught if "Skipping" in str(item.message)), None)
+        except (ValueError, OSError, KeyError) as error:
+            problem = str(error)
+    if problem is not None:
         raise EvaluationError(
-            f"cannot load InceptionV3 weights from {weights_path}: {error}. The file must hold the weights "
-            f"of InceptionV3(include_top=False), such as Keras's {WEIGHTS_FILE}"
-        ) from error
+            f"cannot load InceptionV3 weights from {weights_path}: {problem[:300]}. The file must hold the "
+            f"weights of InceptionV3(include_top=False), such as Keras's {WEIGHTS_FILE}"
+        )
     return model
 
 
