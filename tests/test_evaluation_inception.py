@@ -94,7 +94,7 @@ def test_resolve_weights_uses_keras_cache(tmp_path, monkeypatch):
     assert inception.resolve_weights(None) == cached
 
 
-def test_resolve_weights_without_network_says_where_to_put_them(tmp_path, monkeypatch):
+def test_resolve_weights_offline_names_paths(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
 
     with pytest.raises(EvaluationError) as raised:

@@ -231,7 +231,7 @@ def test_frechet_distance_commuting_gaussians_closed_form():
     assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=RELATIVE_TOLERANCE)
 
 
-def test_fid_of_8_by_8_inception_sized_features_is_finite():
+def test_fid_8_vs_8_of_2048_dims_is_finite():
     result = fid_from_features(_features(23, 8, 2048), _features(24, 8, 2048, shift=0.1))
 
     assert math.isfinite(result.value)
@@ -342,3 +342,17 @@ def test_class_coverage_exposes_collapse_to_two_classes():
 def test_class_coverage_rejects_logits():
     with pytest.raises(EvaluationError, match="softmax outputs"):
         class_coverage(np.array([[-1.0, 2.0]]), np.array([[0.5, 0.5]]))
+
+
+def test_fid_singular_covariance_gets_offset(caplog):
+    with caplog.at_level(logging.INFO, logger="pipeline.evaluation.fid"):
+        fid_from_features(_features(3, 10, 32), _features(4, 200, 32))
+
+    assert "1e-06 is added to both diagonals" in caplog.text
+
+
+def test_fid_full_rank_covariance_gets_no_offset(caplog):
+    with caplog.at_level(logging.INFO, logger="pipeline.evaluation.fid"):
+        fid_from_features(_features(3, 200, 32), _features(4, 200, 32))
+
+    assert "added to both diagonals" not in caplog.text

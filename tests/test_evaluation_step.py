@@ -363,7 +363,7 @@ def test_evaluate_caches_reference_statistics(evaluated):
 
 @pytest.fixture(scope="module")
 def second_run(evaluated) -> dict:
-    """Publish the first run, then evaluate a run with an EMA generator: it sees the first as history and as best."""
+    """Publish the first run, then evaluate a run with an EMA generator, which finds the first as history and as best."""
     from pipeline.publish import publish_run
 
     publish_run(evaluated.config, evaluated.store, RUN_ID, evaluated.fingerprint, evaluated.result)

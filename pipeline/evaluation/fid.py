@@ -38,12 +38,14 @@ class FidResult:
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Compute the Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) in float64.
 
-    Tr((S1 S2)^½) is computed without a general matrix square root: with √S1 from a symmetric
-    eigendecomposition of S1, the matrix √S1 S2 √S1 is symmetric positive semi-definite and has
-    the same eigenvalues as S1 S2, so Tr((S1 S2)^½) = Σ sqrt(eig(√S1 S2 √S1)). Eigenvalues below
-    zero from round-off are clipped to 0. When either covariance is singular, SINGULAR_OFFSET is
-    added to both diagonals. The result is clipped at 0, because round-off can make a distance
-    between equal Gaussians come out as a tiny negative number.
+    Tr((S1 S2)^½) is computed without a general matrix square root. With the Cholesky factor
+    S2 = L Lᵀ, the matrix Lᵀ S1 L is symmetric positive semi-definite and similar to S1 S2
+    (S1 S2 = L⁻ᵀ (Lᵀ S1 L) Lᵀ), so Tr((S1 S2)^½) = Σ sqrt(eig(Lᵀ S1 L)), and one symmetric
+    eigenvalue decomposition (numpy.linalg.eigvalsh) gives it. Eigenvalues below zero from
+    round-off are clipped to 0. A covariance whose Cholesky factorisation fails is singular (not
+    numerically positive definite): then SINGULAR_OFFSET is added to both diagonals. The result is
+    clipped at 0, because round-off can make a distance between equal Gaussians come out as a tiny
+    negative number.
     """
     mu1, sigma1 = _as_moments(mu1, sigma1, "first")
     mu2, sigma2 = _as_moments(mu2, sigma2, "second")
@@ -53,17 +55,15 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
             "extract both feature sets with the same model"
         )
 
-    # One eigendecomposition of S1 serves both its singularity check and its square root; adding
-    # the offset to S1 shifts its eigenvalues and keeps its eigenvectors.
-    eigenvalues1, eigenvectors1 = np.linalg.eigh(sigma1)
-    if _is_singular(eigenvalues1) or _is_singular(np.linalg.eigvalsh(sigma2)):
+    factor2 = _cholesky_or_none(sigma2)
+    if factor2 is None or _cholesky_or_none(sigma1) is None:
         logger.info("a covariance is singular, so %g is added to both diagonals", SINGULAR_OFFSET)
-        eigenvalues1 = eigenvalues1 + SINGULAR_OFFSET
         sigma1 = sigma1 + SINGULAR_OFFSET * np.eye(mu1.shape[0])
         sigma2 = sigma2 + SINGULAR_OFFSET * np.eye(mu1.shape[0])
+        factor2 = np.linalg.cholesky(sigma2)
 
     mean_term = float(np.sum((mu1 - mu2) ** 2))
-    trace_sqrt = _trace_sqrt_product(eigenvalues1, eigenvectors1, sigma2)
+    trace_sqrt = _trace_sqrt_product(sigma1, factor2)
     distance = mean_term + float(np.trace(sigma1)) + float(np.trace(sigma2)) - 2.0 * trace_sqrt
     return max(distance, 0.0)
 
@@ -123,17 +123,17 @@ def _as_moments(mu: np.ndarray, sigma: np.ndarray, label: str) -> tuple[np.ndarr
     return mu, sigma
 
 
-def _is_singular(eigenvalues: np.ndarray) -> bool:
-    """Apply numpy's matrix_rank tolerance to ascending eigenvalues: smallest <= largest * D * machine epsilon."""
-    tolerance = max(eigenvalues[-1], 0.0) * len(eigenvalues) * np.finfo(np.float64).eps
-    return bool(eigenvalues[0] <= tolerance)
+def _cholesky_or_none(sigma: np.ndarray) -> np.ndarray | None:
+    """Return the lower Cholesky factor of `sigma`, or None when `sigma` is not numerically positive definite."""
+    try:
+        return np.linalg.cholesky(sigma)
+    except np.linalg.LinAlgError:
+        return None
 
 
-def _trace_sqrt_product(eigenvalues1: np.ndarray, eigenvectors1: np.ndarray, sigma2: np.ndarray) -> float:
-    """Return Tr((S1 S2)^½) = Σ sqrt(eig(√S1 S2 √S1)), given S1's eigendecomposition; S1, S2 symmetric PSD."""
-    sqrt_sigma1 = (eigenvectors1 * np.sqrt(np.clip(eigenvalues1, 0.0, None))) @ eigenvectors1.T
-
-    product = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
+def _trace_sqrt_product(sigma1: np.ndarray, factor2: np.ndarray) -> float:
+    """Return Tr((S1 S2)^½) = Σ sqrt(eig(Lᵀ S1 L)) for symmetric PSD S1 and S2 = L Lᵀ."""
+    product = factor2.T @ sigma1 @ factor2
     product = (product + product.T) / 2.0
     product_eigenvalues = np.linalg.eigvalsh(product)
     return float(np.sum(np.sqrt(np.clip(product_eigenvalues, 0.0, None))))

@@ -89,11 +89,16 @@ def preprocess(images: np.ndarray):
     return to_model_range(resized)
 
 
-def build_inception(weights_path: str | Path) -> keras.Model:
-    """Build InceptionV3 (include_top=False, pooling="avg", 299×299×3) and load `weights_path`."""
-    model = keras.applications.InceptionV3(
+def build_inception_model() -> keras.Model:
+    """Build InceptionV3 (include_top=False, pooling="avg", 299×299×3) with random weights."""
+    return keras.applications.InceptionV3(
         include_top=False, weights=None, input_shape=(INPUT_SIZE, INPUT_SIZE, 3), pooling="avg"
     )
+
+
+def build_inception(weights_path: str | Path) -> keras.Model:
+    """Build InceptionV3 (include_top=False, pooling="avg", 299×299×3) and load `weights_path`."""
+    model = build_inception_model()
     # Keras 3.15 only warns when a .weights.h5 file lacks some layers and leaves those layers
     # freshly initialised, so a warning about skipped layers is treated as a failed load.
     with warnings.catch_warnings(record=True) as caught:

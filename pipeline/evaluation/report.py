@@ -127,10 +127,13 @@ def _metrics_section(report: dict[str, Any]) -> str:
         ),
     ]
     if "precision_recall" in metrics:
-        pr = metrics["precision_recall"]
-        counts = f"k = {pr['k']}, {pr['num_generated']} generated vs {pr['num_real']} real"
-        rows.append(("precision ↑", _format(pr["precision"]), _floor(floor, "precision_recall", "precision"), counts))
-        rows.append(("recall ↑", _format(pr["recall"]), _floor(floor, "precision_recall", "recall"), counts))
+        precision_recall = metrics["precision_recall"]
+        counts = (
+            f"k = {precision_recall['k']}, {precision_recall['num_generated']} generated "
+            f"vs {precision_recall['num_real']} real"
+        )
+        rows.append(("precision ↑", _format(precision_recall["precision"]), _floor(floor, "precision_recall", "precision"), counts))
+        rows.append(("recall ↑", _format(precision_recall["recall"]), _floor(floor, "precision_recall", "recall"), counts))
     if "class_coverage" in metrics:
         coverage = metrics["class_coverage"]
         counts = f"{coverage['num_generated']} generated, {coverage['num_classes']} classes"
