@@ -39,8 +39,10 @@ _TRAINING_FIELDS = ("steps", "epochs", "batch_size", "latent_dim", "d_loss", "g_
 def evaluate_run(config: PipelineConfig, store: ArtifactStore, fingerprint: str, run_id: str) -> dict[str, Any]:
     """Compute the metrics of the generator of `run_id` and write its report.json and report.html.
 
-    report.html is written before report.json, so report.json marks a complete evaluation: when
-    it exists, its metrics are returned without recomputing. Raises EvaluationError when training
+    Metrics score generator.keras, the model that the publish step promotes. An EMA generator
+    (generator_ema.keras), when present, is drawn as a second sample grid only. report.html is
+    written before report.json, so report.json marks a complete evaluation: when it exists, its
+    metrics are returned without recomputing. Raises EvaluationError when training
     has not finished, the generator does not fit the dataset, or it produces non-finite images.
 
     Returns {"run_id", "fid", "kid_mean", "kid_std", "num_generated", "num_real",
@@ -66,6 +68,8 @@ def evaluate_run(config: PipelineConfig, store: ArtifactStore, fingerprint: str,
         store, fingerprint, directory, manifest, config.eval.classifier_epochs, config.train.seed
     )
     classifier = ClassifierExtractor(classifier_model, classifier_info)
+    # NOTE: tests run this step with the classifier extractor only. The inception_v3 path is tested
+    # through its own module, because InceptionV3 embeds about 2 images/s on the 2-core test machine.
     extractor = open_extractor(config.eval.extractor, classifier, config.eval.inception_weights)
 
     references = _references(config, store, fingerprint, directory, manifest, extractor, classifier)
