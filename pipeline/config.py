@@ -49,7 +49,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation settings: generated sample count, KID subsets, feature classifier."""
+    """Evaluation settings: generated sample count, KID subsets, feature classifier, extractor, precision/recall k."""
 
     num_samples: int = 10_000
     kid_subset_size: int = 1000
