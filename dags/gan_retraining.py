@@ -63,6 +63,18 @@ PARAMS = {
     "kid_subset_size": Param(1000, type="integer", minimum=2, description="Images per KID subset."),
     "kid_subsets": Param(10, type="integer", minimum=1, description="Number of KID subsets."),
     "classifier_epochs": Param(3, type="integer", minimum=1, description="Epochs of the FID feature classifier."),
+    "extractor": Param(
+        "classifier",
+        type="string",
+        enum=["classifier", "inception_v3"],
+        description="Features for FID, KID and precision/recall: the dataset's own classifier or InceptionV3.",
+    ),
+    "inception_weights": Param(
+        None,
+        type=["null", "string"],
+        description="Local file with InceptionV3 (include_top=False) weights; default: the Keras cache or a download.",
+    ),
+    "precision_recall_k": Param(3, type="integer", minimum=1, description="Neighbours k of the precision/recall manifolds."),
     "records_per_shard": Param(10_000, type="integer", minimum=1, description="TFRecord records per shard."),
     "checkpoint_every": Param(500, type="integer", minimum=1, description="Steps between checkpoints."),
     "log_every": Param(100, type="integer", minimum=1, description="Steps between progress log lines."),

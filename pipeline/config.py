@@ -49,12 +49,15 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation settings: generated sample count, KID subsets, feature classifier."""
+    """Evaluation settings: generated sample count, KID subsets, feature classifier, extractor, precision/recall k."""
 
     num_samples: int = 10_000
     kid_subset_size: int = 1000
     kid_subsets: int = 10
     classifier_epochs: int = 3
+    extractor: str = "classifier"
+    inception_weights: str | None = None
+    precision_recall_k: int = 3
 
 
 @dataclass(frozen=True)
@@ -227,4 +230,6 @@ _RULES = [
     ("store_max_retries", "must be between 0 and 20", lambda v: 0 <= v <= 20),
     ("promotion_margin", "must be a non-negative FID difference", lambda v: v >= 0),
     ("keep_last_runs", "must be at least 1", lambda v: v >= 1),
+    ("extractor", "must be classifier or inception_v3", lambda v: v in ("classifier", "inception_v3")),
+    ("precision_recall_k", "must be a positive integer", _positive),
 ]

@@ -59,3 +59,8 @@ TRAIN_JSON = "train.json"  # written last by the train step: without it, trainin
 # Objects that the evaluate step writes under runs/<run_id>/; report.json is written last.
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
+
+
+def reference_stats_key(fingerprint: str, split: str, extractor: str, count: int) -> str:
+    """Key of cached real-image features and statistics: one per split, extractor and sample count."""
+    return f"datasets/{fingerprint}/evaluator/reference/{split}-{extractor}-{count}.npz"

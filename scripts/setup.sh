@@ -7,7 +7,8 @@ set -euo pipefail
 venv="${1:-.venv}"
 extras="${2:-test}"
 # docker-compose only validates docker/docker-compose.yaml in the tests; no engine is needed.
-debian_packages=(dataset-fashion-mnist docker-compose)
+# chromium renders report.html in a test; without it that test is skipped.
+debian_packages=(dataset-fashion-mnist docker-compose chromium)
 
 missing=()
 for package in "${debian_packages[@]}"; do

@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from pipeline.config import PipelineConfig
 from pipeline.data.fetch import fetch_dataset
@@ -37,6 +40,33 @@ METRICS_ROWS = [
     {"step": 20, "epoch": 1, "d_loss": 1.2, "g_loss": 0.9, "images_per_second": 700.0},
     {"step": 30, "epoch": 2, "d_loss": 1.1, "g_loss": 1.0, "images_per_second": 710.0},
 ]
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def render_in_chromium(page: Path, directory: Path) -> tuple[np.ndarray, list[str]]:
+    """Render `page` in headless Chromium; return the screenshot, uint8 (H, W, 3), and the console lines.
+
+    Chromium logs every console message and uncaught exception at INFO level as a ":CONSOLE" line,
+    whatever its console level, so all of them are returned. Skips the test without Chromium.
+    """
+    binary = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if binary is None:
+        pytest.skip("chromium not found: install the Debian package chromium to render the report")
+
+    screenshot = directory / "report.png"
+    command = [
+        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--enable-logging=stderr", "--v=0", f"--user-data-dir={directory / 'profile'}",
+        "--window-size=1200,2400", f"--screenshot={screenshot}", page.resolve().as_uri(),
+    ]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert screenshot.is_file(), f"chromium wrote no screenshot (exit {completed.returncode}): {completed.stderr[-2000:]}"
+
+    console = [line for line in completed.stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+    return np.asarray(Image.open(screenshot).convert("RGB")), console
 
 
 @dataclass
@@ -103,7 +133,7 @@ def evaluated(tmp_path_factory, fashion_mnist_dir) -> Evaluated:
 def test_evaluate_report_json_parses(evaluated):
     report = json.loads(Path(evaluated.store.location(evaluated.result["report_key"])).read_text())
 
-    assert report["schema_version"] == 1
+    assert report["schema_version"] == 2
     assert report["run_id"] == RUN_ID
     assert report["fingerprint"] == evaluated.fingerprint
 
@@ -129,7 +159,7 @@ def test_evaluate_report_records_counts_and_extractor(evaluated):
     assert report["metrics"]["kid"]["subset_size"] == 64
     assert report["metrics"]["kid"]["num_subsets"] == 4
     assert report["extractor"]["name"] == classifier_module.EXTRACTOR_NAME
-    assert report["extractor"]["test_accuracy"] == evaluated.result["classifier_test_accuracy"]
+    assert report["classifier"]["test_accuracy"] == evaluated.result["classifier_test_accuracy"]
 
 
 def test_evaluate_report_records_final_losses(evaluated):
@@ -150,7 +180,7 @@ def test_evaluate_caches_classifier_with_accuracy(evaluated):
 def test_evaluate_html_embeds_images(evaluated):
     page = Path(evaluated.store.location(evaluated.result["report_html_key"])).read_text()
 
-    assert page.count('src="data:image/png;base64,') == 2
+    assert page.count('src="data:image/png;base64,') == 5
 
 
 def test_evaluate_html_has_no_external_references(evaluated):
@@ -284,7 +314,108 @@ def test_render_report_html_escapes_run_id():
         "extractor": {"name": "cnn", "test_accuracy": 0.9},
     }
 
-    page = render_report_html(report, None, None)
+    page = render_report_html(report, {})
 
     assert "<script>" not in page
     assert "&lt;script&gt;" in page
+
+
+def test_evaluate_report_has_noise_floor(evaluated):
+    report = evaluated.store.get_json(evaluated.result["report_key"])
+    floor = report["noise_floor"]
+
+    assert floor["split"] == "train"
+    assert floor["num_images"] == 128
+    assert floor["metrics"]["fid"]["num_generated"] == 128
+    assert math.isfinite(floor["metrics"]["fid"]["value"])
+
+
+def test_evaluate_real_noise_floor_is_below_untrained_generator(evaluated):
+    assert evaluated.result["noise_floor_fid"] < evaluated.result["fid"]
+
+
+def test_evaluate_report_has_precision_recall_and_coverage(evaluated):
+    metrics = evaluated.store.get_json(evaluated.result["report_key"])["metrics"]
+
+    assert metrics["precision_recall"]["k"] == 3
+    assert 0.0 <= metrics["precision_recall"]["precision"] <= 1.0
+    assert 0.0 <= metrics["precision_recall"]["recall"] <= 1.0
+    assert sum(metrics["class_coverage"]["histogram"]) == 128
+    assert len(metrics["class_coverage"]["histogram"]) == 10
+
+
+def test_evaluate_report_has_nearest_training_images(evaluated):
+    nearest = evaluated.store.get_json(evaluated.result["report_key"])["nearest"]
+
+    assert len(nearest["train_indices"]) == 8
+    assert all(len(row) == 3 for row in nearest["train_indices"])
+    assert all(0 <= index < 128 for row in nearest["train_indices"] for index in row)
+
+
+def test_evaluate_caches_reference_statistics(evaluated):
+    keys = [info.key for info in evaluated.store.list(evaluator_prefix(evaluated.fingerprint) + "reference/")]
+
+    assert sorted(keys) == [
+        evaluator_prefix(evaluated.fingerprint) + f"reference/{split}-{classifier_module.EXTRACTOR_NAME}-128.npz"
+        for split in ("test", "train")
+    ]
+
+
+@pytest.fixture(scope="module")
+def second_run(evaluated) -> dict:
+    """Publish the first run, then evaluate a run with an EMA generator, which finds the first as history and as best."""
+    from pipeline.publish import publish_run
+
+    publish_run(evaluated.config, evaluated.store, RUN_ID, evaluated.fingerprint, evaluated.result)
+    run_id = "nightly-2"
+    generator = build_generator(LATENT_DIM)
+    put_run(evaluated.store, evaluated.root, run_id, evaluated.fingerprint, generator)
+    ema_path = evaluated.root / "ema.keras"
+    build_generator(LATENT_DIM).save(ema_path)
+    evaluated.store.put_file(run_key(run_id, "generator_ema.keras"), ema_path)
+
+    result = evaluate_run(evaluated.config, evaluated.store, evaluated.fingerprint, run_id)
+    return evaluated.store.get_json(result["report_key"])
+
+
+def test_second_run_reuses_reference_statistics(second_run):
+    assert second_run["reference"]["test"]["reused"] is True
+    assert second_run["reference"]["train"]["reused"] is True
+
+
+def test_second_run_lists_first_in_history(second_run):
+    assert [run["run_id"] for run in second_run["history"]] == [RUN_ID]
+
+
+def test_second_run_compares_with_promoted(second_run, evaluated):
+    promoted = second_run["promoted"]
+
+    assert promoted["run_id"] == RUN_ID
+    assert promoted["comparable"] is True
+    assert promoted["fid_change"] == pytest.approx(second_run["metrics"]["fid"]["value"] - evaluated.result["fid"])
+
+
+def test_second_run_html_shows_ema_grid_and_promoted(second_run, evaluated):
+    page = Path(evaluated.store.location(run_key("nightly-2", "report.html"))).read_text()
+
+    assert "Samples from the fixed latents (EMA generator)" in page
+    assert f"Promoted run <code>{RUN_ID}</code>" in page
+    assert page.count('src="data:image/png;base64,') == 6
+
+
+def test_report_html_renders_in_chromium(second_run, evaluated, tmp_path):
+    page = Path(evaluated.store.location(run_key("nightly-2", "report.html")))
+
+    pixels, console = render_in_chromium(page, tmp_path)
+
+    assert pixels.std() > 10.0, "the screenshot is blank"
+    assert console == []
+
+
+def test_chromium_check_catches_script_errors(tmp_path):
+    page = tmp_path / "broken.html"
+    page.write_text("<html><body><h1>report</h1><script>throw new Error('broken');</script></body></html>")
+
+    _, console = render_in_chromium(page, tmp_path)
+
+    assert any("Uncaught Error: broken" in line for line in console)

@@ -38,12 +38,14 @@ class FidResult:
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Compute the Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) in float64.
 
-    Tr((S1 S2)^½) is computed without a general matrix square root: with √S1 from a symmetric
-    eigendecomposition of S1, the matrix √S1 S2 √S1 is symmetric positive semi-definite and has
-    the same eigenvalues as S1 S2, so Tr((S1 S2)^½) = Σ sqrt(eig(√S1 S2 √S1)). Eigenvalues below
-    zero from round-off are clipped to 0. When either covariance is singular, SINGULAR_OFFSET is
-    added to both diagonals. The result is clipped at 0, because round-off can make a distance
-    between equal Gaussians come out as a tiny negative number.
+    Tr((S1 S2)^½) is computed without a general matrix square root. With the Cholesky factor
+    S2 = L Lᵀ, the matrix Lᵀ S1 L is symmetric positive semi-definite and similar to S1 S2
+    (S1 S2 = L⁻ᵀ (Lᵀ S1 L) Lᵀ), so Tr((S1 S2)^½) = Σ sqrt(eig(Lᵀ S1 L)), and one symmetric
+    eigenvalue decomposition (numpy.linalg.eigvalsh) gives it. Eigenvalues below zero from
+    round-off are clipped to 0. A covariance whose Cholesky factorisation fails is singular (not
+    numerically positive definite): then SINGULAR_OFFSET is added to both diagonals. The result is
+    clipped at 0, because round-off can make a distance between equal Gaussians come out as a tiny
+    negative number.
     """
     mu1, sigma1 = _as_moments(mu1, sigma1, "first")
     mu2, sigma2 = _as_moments(mu2, sigma2, "second")
@@ -53,14 +55,15 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
             "extract both feature sets with the same model"
         )
 
-    if _is_singular(sigma1) or _is_singular(sigma2):
+    factor2 = _cholesky_or_none(sigma2)
+    if factor2 is None or _cholesky_or_none(sigma1) is None:
         logger.info("a covariance is singular, so %g is added to both diagonals", SINGULAR_OFFSET)
-        offset = SINGULAR_OFFSET * np.eye(mu1.shape[0])
-        sigma1 = sigma1 + offset
-        sigma2 = sigma2 + offset
+        sigma1 = sigma1 + SINGULAR_OFFSET * np.eye(mu1.shape[0])
+        sigma2 = sigma2 + SINGULAR_OFFSET * np.eye(mu1.shape[0])
+        factor2 = np.linalg.cholesky(sigma2)
 
     mean_term = float(np.sum((mu1 - mu2) ** 2))
-    trace_sqrt = _trace_sqrt_product(sigma1, sigma2)
+    trace_sqrt = _trace_sqrt_product(sigma1, factor2)
     distance = mean_term + float(np.trace(sigma1)) + float(np.trace(sigma2)) - 2.0 * trace_sqrt
     return max(distance, 0.0)
 
@@ -72,21 +75,29 @@ def fid_from_features(real_features: np.ndarray, generated_features: np.ndarray)
     covariance is singular and the estimate is dominated by its small-N bias.
     """
     real = as_feature_matrix(real_features, "real_features")
-    generated = as_feature_matrix(generated_features, "generated_features")
-    feature_dim = real.shape[1]
+    return fid_from_statistics(real.mean(axis=0), np.cov(real, rowvar=False), real.shape[0], generated_features)
 
-    for name, features in (("real", real), ("generated", generated)):
-        if features.shape[0] <= feature_dim:
+
+def fid_from_statistics(
+    real_mean: np.ndarray, real_covariance: np.ndarray, num_real: int, generated_features: np.ndarray
+) -> FidResult:
+    """Compute FID of (N, D) generated features against cached real statistics of `num_real` images.
+
+    Warns like `fid_from_features` when either sample count is at most D.
+    """
+    generated = as_feature_matrix(generated_features, "generated_features")
+    feature_dim = generated.shape[1]
+
+    for name, count in (("real", num_real), ("generated", generated.shape[0])):
+        if count <= feature_dim:
             logger.warning(
                 "FID from %d %s samples of %d-dimensional features is strongly biased: "
                 "use more than %d samples and compare FID only at equal sample counts",
-                features.shape[0], name, feature_dim, feature_dim,
+                count, name, feature_dim, feature_dim,
             )
 
-    value = frechet_distance(
-        real.mean(axis=0), np.cov(real, rowvar=False), generated.mean(axis=0), np.cov(generated, rowvar=False)
-    )
-    return FidResult(value=value, num_real=real.shape[0], num_generated=generated.shape[0], feature_dim=feature_dim)
+    value = frechet_distance(real_mean, real_covariance, generated.mean(axis=0), np.cov(generated, rowvar=False))
+    return FidResult(value=value, num_real=num_real, num_generated=generated.shape[0], feature_dim=feature_dim)
 
 
 def as_feature_matrix(features: np.ndarray, name: str) -> np.ndarray:
@@ -112,19 +123,17 @@ def _as_moments(mu: np.ndarray, sigma: np.ndarray, label: str) -> tuple[np.ndarr
     return mu, sigma
 
 
-def _is_singular(sigma: np.ndarray) -> bool:
-    """Apply numpy's matrix_rank tolerance: smallest eigenvalue <= largest * D * machine epsilon."""
-    eigenvalues = np.linalg.eigvalsh(sigma)
-    tolerance = max(eigenvalues[-1], 0.0) * sigma.shape[0] * np.finfo(np.float64).eps
-    return bool(eigenvalues[0] <= tolerance)
+def _cholesky_or_none(sigma: np.ndarray) -> np.ndarray | None:
+    """Return the lower Cholesky factor of `sigma`, or None when `sigma` is not numerically positive definite."""
+    try:
+        return np.linalg.cholesky(sigma)
+    except np.linalg.LinAlgError:
+        return None
 
 
-def _trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """Return Tr((S1 S2)^½) = Σ sqrt(eig(√S1 S2 √S1)) for symmetric positive semi-definite S1, S2."""
-    eigenvalues, eigenvectors = np.linalg.eigh(sigma1)
-    sqrt_sigma1 = (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
-
-    product = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
+def _trace_sqrt_product(sigma1: np.ndarray, factor2: np.ndarray) -> float:
+    """Return Tr((S1 S2)^½) = Σ sqrt(eig(Lᵀ S1 L)) for symmetric PSD S1 and S2 = L Lᵀ."""
+    product = factor2.T @ sigma1 @ factor2
     product = (product + product.T) / 2.0
     product_eigenvalues = np.linalg.eigvalsh(product)
     return float(np.sum(np.sqrt(np.clip(product_eigenvalues, 0.0, None))))

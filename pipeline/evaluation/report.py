@@ -11,7 +11,7 @@ import base64
 import html
 import io
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -65,15 +65,29 @@ def loss_curve_png(rows: Sequence[dict[str, Any]]) -> bytes | None:
     return buffer.getvalue()
 
 
-def render_report_html(report: dict[str, Any], sample_grid: bytes | None, loss_curves: bytes | None) -> str:
-    """Render the report.json content of a run, a sample grid PNG and a loss curve PNG as one HTML page."""
+def render_report_html(report: dict[str, Any], figures: Mapping[str, bytes | None]) -> str:
+    """Render the report.json content of a run and its figures (PNG bytes by name) as one HTML page.
+
+    Figure names: "grid", "grid_ema", "nearest", "classes", "trend", "loss"; a missing or None
+    figure is shown as a line saying it has no data.
+    """
     run_id = html.escape(str(report["run_id"]))
     sections = [
         _metrics_section(report),
-        _extractor_section(report["extractor"]),
+        _promoted_section(report.get("promoted")),
+        _image_section("FID and KID of earlier runs on this dataset", figures.get("trend"), "FID and KID per run", "plot"),
+        _extractor_section(report["extractor"], report.get("classifier")),
+        _image_section("Predicted classes", figures.get("classes"), "class shares of generated and real images", "plot"),
+        _image_section("Samples from the fixed latents (generator)", figures.get("grid"), "sample grid", "grid"),
+        _ema_section(figures.get("grid_ema")),
+        _image_section(
+            "Nearest real training images (memorisation check)", figures.get("nearest"),
+            "generated samples, each followed by its nearest training images", "grid",
+        ),
+        '<p class="note">Each row: a generated sample, then its nearest real training images in the '
+        "extractor's feature space. Rows that repeat a training image point to memorisation.</p>",
+        _image_section("Loss curves (metrics.jsonl)", figures.get("loss"), "d_loss and g_loss against step", "plot"),
         _training_section(report.get("training", {})),
-        _image_section("Samples from the fixed latents", sample_grid, "sample grid", "grid"),
-        _image_section("Loss curves (metrics.jsonl)", loss_curves, "d_loss and g_loss against step", "plot"),
     ]
     return "\n".join(
         [
@@ -98,40 +112,111 @@ def render_report_html(report: dict[str, Any], sample_grid: bytes | None, loss_c
 
 
 def _metrics_section(report: dict[str, Any]) -> str:
-    fid = report["metrics"]["fid"]
-    kid = report["metrics"]["kid"]
+    metrics = report["metrics"]
+    floor = report.get("noise_floor", {}).get("metrics", {})
+    fid, kid = metrics["fid"], metrics["kid"]
     real = report["real"]
     rows = [
-        ("FID", _format(fid["value"]), f"{fid['num_generated']} generated vs {fid['num_real']} real"),
+        ("FID ↓", _format(fid["value"]), _floor(floor, "fid", "value"), f"{fid['num_generated']} generated vs {fid['num_real']} real"),
         (
-            "KID",
+            "KID ↓",
             f"{_format(kid['mean'])} ± {_format(kid['std'])}",
+            _floor(floor, "kid", "mean"),
             f"{kid['num_subsets']} subsets of {kid['subset_size']} from "
             f"{kid['num_generated']} generated and {kid['num_real']} real",
         ),
     ]
+    if "precision_recall" in metrics:
+        precision_recall = metrics["precision_recall"]
+        counts = (
+            f"k = {precision_recall['k']}, {precision_recall['num_generated']} generated "
+            f"vs {precision_recall['num_real']} real"
+        )
+        rows.append(("precision ↑", _format(precision_recall["precision"]), _floor(floor, "precision_recall", "precision"), counts))
+        rows.append(("recall ↑", _format(precision_recall["recall"]), _floor(floor, "precision_recall", "recall"), counts))
+    if "class_coverage" in metrics:
+        coverage = metrics["class_coverage"]
+        counts = f"{coverage['num_generated']} generated, {coverage['num_classes']} classes"
+        rows.append(("classifier score ↑", _format(coverage["classifier_score"]), _floor(floor, "class_coverage", "classifier_score"), counts))
+        rows.append(("class coverage ↑", _format(coverage["coverage"]), _floor(floor, "class_coverage", "coverage"), counts))
+        rows.append(("KL to real classes ↓", _format(coverage["kl_to_real"]), _floor(floor, "class_coverage", "kl_to_real"), counts))
+
+    floor_count = report.get("noise_floor", {}).get("num_images", "?")
     return "\n".join(
         [
             "<h2>Metrics</h2>",
-            _table(("metric", "value", "samples"), rows),
+            _table(("metric", "model", "noise floor", "samples"), rows),
             f"<p>Real images: the first {real['num_real']} of the {real['num_available']} records of the "
-            f"{html.escape(real['split'])} split. Lower is better for both metrics.</p>",
+            f"{html.escape(real['split'])} split. Noise floor: the same metrics for the first {floor_count} "
+            "real training images in place of generated ones, the best a model can expect. "
+            "↓ lower is better, ↑ higher is better.</p>",
             "<p class=\"note\">FID is biased upwards at small sample counts: compare FID values only at "
             "equal sample counts and with the same feature extractor. KID is unbiased, so it can be "
-            "slightly negative when the two sets match. Both use the features of the dataset's own "
-            "classifier below, not Inception-v3, so they are not comparable with published values.</p>",
+            "slightly negative when the two sets match. Values from the dataset's own classifier are "
+            "not comparable with published Inception-v3 values.</p>",
         ]
     )
 
 
-def _extractor_section(extractor: dict[str, Any]) -> str:
+def _floor(floor: dict[str, Any], metric: str, field: str) -> str:
+    value = floor.get(metric, {}).get(field)
+    return "–" if value is None else _format(value)
+
+
+def _promoted_section(promoted: dict[str, Any] | None) -> str:
+    heading = "<h2>Compared with the promoted model</h2>"
+    if promoted is None:
+        return f"{heading}\n<p>No model is promoted yet (models/best.json not found).</p>"
     rows = [
-        ("name", extractor["name"]),
-        ("test accuracy", f"{extractor['test_accuracy']:.4f} on {extractor.get('num_test', '?')} test images"),
-        ("trained", f"{extractor.get('epochs', '?')} epochs on {extractor.get('num_train', '?')} training images"),
-        ("features", f"{extractor.get('feature_dim', '?')} values from layer {extractor.get('feature_layer', '?')!r}"),
+        ("FID", _format(promoted.get("fid")), _signed(promoted.get("fid_change"))),
+        ("KID", _format(promoted.get("kid_mean")), _signed(promoted.get("kid_change"))),
     ]
-    return "<h2>Feature classifier</h2>\n" + _table(("field", "value"), rows)
+    note = (
+        "Same dataset, extractor and sample counts, so the values are comparable."
+        if promoted.get("comparable")
+        else "The promoted run used another dataset, extractor or sample count, so compare with care."
+    )
+    return "\n".join(
+        [
+            heading,
+            f"<p>Promoted run <code>{html.escape(str(promoted.get('run_id')))}</code>. "
+            "A negative change means this run is better.</p>",
+            _table(("metric", "promoted", "this run minus promoted"), rows),
+            f'<p class="note">{html.escape(note)}</p>',
+        ]
+    )
+
+
+def _signed(value: Any) -> str:
+    if not _is_number(value):
+        return "–"
+    return ("+" if value > 0 else "") + _format(float(value))
+
+
+def _extractor_section(extractor: dict[str, Any], classifier: dict[str, Any] | None) -> str:
+    classifier = classifier or extractor
+    rows = [("features", f"{extractor.get('name')}, {extractor.get('feature_dim', '?')} values per image")]
+    if extractor.get("weights"):
+        rows.append(("weights", f"{extractor['weights']} (sha256 {str(extractor.get('sha256'))[:12]}…)"))
+    rows += [
+        ("classifier", str(classifier.get("name"))),
+        ("classifier test accuracy", f"{classifier['test_accuracy']:.4f} on {classifier.get('num_test', '?')} test images"),
+        ("classifier training", f"{classifier.get('epochs', '?')} epochs on {classifier.get('num_train', '?')} training images"),
+    ]
+    section = "<h2>Feature extractor</h2>\n" + _table(("field", "value"), rows)
+    target = classifier.get("accuracy_target")
+    if _is_number(target) and classifier["test_accuracy"] < target:
+        section += (
+            f'\n<p class="warning">The classifier\'s test accuracy is below {target:.0%}, so its features and '
+            "class coverage are weak: raise classifier_epochs and delete its cached copy.</p>"
+        )
+    return section
+
+
+def _ema_section(png: bytes | None) -> str:
+    if png is None:
+        return "<p class=\"note\">The run has no EMA generator (generator_ema.keras), so only the raw generator is shown.</p>"
+    return _image_section("Samples from the fixed latents (EMA generator)", png, "EMA sample grid", "grid")
 
 
 def _training_section(training: dict[str, Any]) -> str:
@@ -176,6 +261,7 @@ table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.8em; text-align: left; }
 th { background: #f0f0f0; }
 .note { color: #555; font-size: 0.9em; }
+.warning { color: #a00; font-weight: bold; }
 img.grid { width: 448px; image-rendering: pixelated; border: 1px solid #ccc; }
 img.plot { max-width: 100%; }
 """
