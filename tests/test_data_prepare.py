@@ -17,7 +17,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data import sources
 from pipeline.data.fetch import dataset_directory, fetch_dataset
 from pipeline.data.manifest import Manifest, ShardInfo, SplitInfo, compute_fingerprint
-from pipeline.data.prepare import prepare_dataset
+from pipeline.data.prepare import prepare_dataset, preprocessing_settings
 from pipeline.data.sources import FASHION_MNIST_LABEL_NAMES, load_source
 from pipeline.errors import ConfigError, DataError
 from pipeline.layout import dataset_prefix, manifest_key
@@ -266,7 +266,8 @@ def test_prepare_manifest_fields(prepared):
     assert prepared.manifest.fingerprint == prepared.summary["fingerprint"]
     assert prepared.manifest.source == "fashion_mnist"
     assert prepared.manifest.label_names == FASHION_MNIST_LABEL_NAMES
-    assert prepared.manifest.settings == SLICE_SETTINGS
+    assert prepared.manifest.settings == preprocessing_settings(prepared.config)
+    assert prepared.manifest.skipped == []
 
 
 def test_prepare_stored_shards_match_manifest(prepared):

@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
 from pipeline.data.fetch import dataset_directory
 from pipeline.data.manifest import Manifest, SplitInfo, compute_fingerprint
-from pipeline.data.sources import SourceData, load_source
+from pipeline.data.images import make_image_spec
+from pipeline.data.source_data import SourceData, SourceOptions
+from pipeline.data.sources import load_source
 from pipeline.errors import DataError
 from pipeline.layout import dataset_prefix, manifest_key
 from pipeline.storage.base import ArtifactStore
 
 logger = logging.getLogger(__name__)
+
+# Skipped files named in an error or warning; the manifest lists all of them.
+_LISTED_SKIPPED_FILES = 5
 
 
 def prepare_dataset(config: PipelineConfig, store: ArtifactStore) -> dict[str, Any]:
@@ -34,10 +40,7 @@ def prepare_dataset(config: PipelineConfig, store: ArtifactStore) -> dict[str, A
     """
     data = config.data
     started = time.monotonic()
-    sources = {
-        "train": load_source(data.source, "train", data.max_train_examples),
-        "test": load_source(data.source, "test", data.max_test_examples),
-    }
+    sources = load_splits(config)
     logger.info(
         "loaded %d train and %d test images of shape %s from source %r in %.1f s",
         len(sources["train"].images), len(sources["test"].images), sources["train"].images.shape[1:],
@@ -71,12 +74,79 @@ def prepare_dataset(config: PipelineConfig, store: ArtifactStore) -> dict[str, A
     return _summary(manifest, key, reused=False)
 
 
+def load_splits(config: PipelineConfig) -> dict[str, SourceData]:
+    """Load and normalise both splits; the test split takes the train split's image shape.
+
+    Raises DataError when a split has no usable image, or when the share of skipped files of a
+    split exceeds `max_skipped_fraction`.
+    """
+    data = config.data
+    options = source_options(config)
+    train = load_source(data.source, "train", data.max_train_examples, options)
+    check_skipped("train", train, data.max_skipped_fraction)
+
+    _, height, width, channels = train.images.shape
+    test_options = replace(options, height=height, width=width, channels=channels)
+    test = load_source(data.source, "test", data.max_test_examples, test_options)
+    check_skipped("test", test, data.max_skipped_fraction)
+    return {"train": train, "test": test}
+
+
+def source_options(config: PipelineConfig) -> SourceOptions:
+    """Return the reading and normalisation options of `config.data`, validating the background colour."""
+    data = config.data
+    options = SourceOptions(
+        height=data.height,
+        width=data.width,
+        channels=data.channels,
+        resize_mode=data.resize_mode,
+        background=data.background,
+        test_fraction=data.test_fraction,
+        tfds_data_dir=data.tfds_data_dir,
+    )
+    make_image_spec(1, 1, 1, data.resize_mode, data.background)  # raises ConfigError before any work
+    return options
+
+
+def check_skipped(split: str, source: SourceData, max_skipped_fraction: float) -> None:
+    """Raise DataError when `split` has no images, or skipped more than `max_skipped_fraction` of its files.
+
+    The message lists the first skipped files in path order with their reasons.
+    """
+    skipped = len(source.skipped)
+    total = skipped + len(source.images)
+    if skipped == 0:
+        return
+
+    examples = "; ".join(f"{entry['file']}: {entry['reason']}" for entry in source.skipped[:_LISTED_SKIPPED_FILES])
+    if len(source.images) == 0:
+        raise DataError(f"the {split} split has no usable image: all {total} files were skipped ({examples})")
+    if skipped / total > max_skipped_fraction:
+        raise DataError(
+            f"{skipped} of {total} {split} files ({skipped / total:.1%}) cannot be decoded, more than "
+            f"max_skipped_fraction {max_skipped_fraction:.1%}; first skipped: {examples}. "
+            "Fix or remove those files, or raise max_skipped_fraction"
+        )
+    logger.warning("skipped %d of %d %s files that cannot be decoded; first: %s", skipped, total, split, examples)
+
+
 def preprocessing_settings(config: PipelineConfig) -> dict[str, Any]:
-    """Return every setting that changes the shards' content or split into files; the fingerprint covers them."""
+    """Return every setting that changes the shards' content or split into files; the fingerprint covers them.
+
+    `tfds_data_dir` is left out because it only says where to read, and `max_skipped_fraction` because it
+    only decides whether to fail.
+    """
+    data = config.data
     return {
-        "records_per_shard": config.data.records_per_shard,
-        "max_train_examples": config.data.max_train_examples,
-        "max_test_examples": config.data.max_test_examples,
+        "records_per_shard": data.records_per_shard,
+        "max_train_examples": data.max_train_examples,
+        "max_test_examples": data.max_test_examples,
+        "height": data.height,
+        "width": data.width,
+        "channels": data.channels,
+        "resize_mode": data.resize_mode,
+        "background": data.background,
+        "test_fraction": data.test_fraction,
     }
 
 
@@ -104,6 +174,7 @@ def _write_dataset(
         label_names=label_names,
         splits=splits,
         settings=settings,
+        skipped=[{"split": split, **entry} for split, source in sources.items() for entry in source.skipped],
     )
     manifest.save(directory / "manifest.json")
     return manifest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -34,26 +35,43 @@ def make_dataset(
     repeat: bool = False,
     drop_remainder: bool = True,
     with_labels: bool = False,
+    shuffle_buffer: int | None = None,
+    cache: bool | str | Path = False,
+    flip: bool = False,
+    deterministic: bool | None = None,
 ) -> tf.data.Dataset:
     """Build batches of real_images, float32 [batch, height, width, channels] in [-1, 1].
 
-    Yields `(images, labels)` with int64 labels when `with_labels` is set. When shuffling, shard
-    order and records are shuffled again every epoch, and a `seed` makes that sequence repeat
-    exactly. Without shuffling, records come in stored order. `repeat` makes the dataset
-    endless. A record whose image byte length is not height * width * channels raises
-    tf.errors.InvalidArgumentError naming the shard when the dataset is iterated.
+    Yields `(images, labels)` with int64 labels when `with_labels` is set. Shards are read
+    `_INTERLEAVE_CYCLE` at a time in parallel. When shuffling, shard order and records (in a buffer
+    of `shuffle_buffer` records, by default `shuffle_buffer_size`) are shuffled again every epoch,
+    and a `seed` makes that sequence repeat exactly. Without shuffling, records come in stored order.
+    `repeat` makes the dataset endless.
+
+    `cache` keeps the decoded records after the first pass: True in memory, a path in files with
+    that prefix, which later datasets built with the same path reuse. `flip` mirrors each image
+    left-right with probability 1/2, drawn from `seed`. `deterministic` fixes the element order
+    under parallelism; None means deterministic when `seed` is set or `shuffle` is off.
+
+    Errors raised while iterating name the shard: tf.errors.InvalidArgumentError for a record
+    whose image is not height * width * channels bytes, or for a shard that yields fewer records
+    than the manifest lists (a truncated file or a record whose CRC does not match).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError("batch_size", batch_size, "must be a positive integer")
+    if shuffle_buffer is not None and (isinstance(shuffle_buffer, bool) or not isinstance(shuffle_buffer, int) or shuffle_buffer < 1):
+        raise ConfigError("shuffle_buffer", shuffle_buffer, "must be a positive number of records or None")
 
     files = shard_paths(directory, manifest, split)
-    deterministic = seed is not None or not shuffle
+    counts = [shard.num_records for shard in manifest.split(split).shards]
+    if deterministic is None:
+        deterministic = seed is not None or not shuffle
     height, width, channels = manifest.height, manifest.width, manifest.channels
 
-    paths = tf.data.Dataset.from_tensor_slices(files)
+    shards = tf.data.Dataset.from_tensor_slices((files, tf.constant(counts, dtype=tf.int64)))
     if shuffle:
-        paths = paths.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    records = paths.interleave(
+        shards = shards.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    records = shards.interleave(
         _read_shard,
         cycle_length=_INTERLEAVE_CYCLE if shuffle else 1,
         num_parallel_calls=tf.data.AUTOTUNE,
@@ -65,16 +83,20 @@ def make_dataset(
         deterministic=deterministic,
     )
 
+    if cache:
+        examples = examples.cache("" if cache is True else str(cache))
     if shuffle:
-        examples = examples.shuffle(shuffle_buffer_size(manifest, split), seed=seed, reshuffle_each_iteration=True)
+        buffer = shuffle_buffer or shuffle_buffer_size(manifest, split)
+        examples = examples.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         examples = examples.repeat()
 
     batches = examples.batch(batch_size, drop_remainder=drop_remainder)
-    if with_labels:
-        batches = batches.map(lambda images, labels: (to_model_range(images), labels), num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        batches = batches.map(lambda images, labels: to_model_range(images), num_parallel_calls=tf.data.AUTOTUNE)
+    batches = batches.map(
+        functools.partial(_to_model_batch, flip=flip, seed=seed, with_labels=with_labels),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
@@ -116,6 +138,37 @@ def shard_paths(directory: str | Path, manifest: Manifest, split: str) -> list[s
     return [str(path) for path in paths]
 
 
-def _read_shard(path: tf.Tensor) -> tf.data.Dataset:
-    """Return the shard's records, each paired with the shard path for error messages."""
-    return tf.data.TFRecordDataset(path).map(lambda record: (record, path))
+def _read_shard(path: tf.Tensor, expected_records: tf.Tensor) -> tf.data.Dataset:
+    """Return the shard's records, each paired with the shard path for error messages.
+
+    A read error (DataLossError: truncated file or bad CRC) ends the shard early instead of
+    failing without a file name, and a final check then raises InvalidArgumentError naming the
+    shard with the number of records read and expected.
+    """
+    records = tf.data.TFRecordDataset(path).ignore_errors()
+    end_marker = tf.data.Dataset.from_tensors((tf.constant(True), tf.constant(b"")))
+    marked = records.map(lambda record: (tf.constant(False), record)).concatenate(end_marker)
+
+    def count(records_read, element):
+        is_end, record = element
+        check = tf.debugging.Assert(
+            tf.logical_or(tf.logical_not(is_end), tf.equal(records_read, expected_records)),
+            [
+                "corrupted shard", path, "yielded", records_read, "records, the manifest lists", expected_records,
+                "(a truncated file or a record that fails its CRC); delete it and fetch the dataset again",
+            ],
+        )
+        with tf.control_dependencies([check]):
+            return records_read + 1, (is_end, record)
+
+    checked = marked.scan(tf.constant(0, dtype=tf.int64), count)
+    return checked.filter(lambda is_end, record: tf.logical_not(is_end)).map(lambda is_end, record: (record, path))
+
+
+def _to_model_batch(images: tf.Tensor, labels: tf.Tensor, flip: bool, seed: int | None, with_labels: bool):
+    """Convert a uint8 batch to the model range, mirroring a random half of it left-right when `flip`."""
+    if flip:
+        mirrored = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], seed=seed) < 0.5
+        images = tf.where(mirrored, tf.reverse(images, axis=[2]), images)
+    images = to_model_range(images)
+    return (images, labels) if with_labels else images
