@@ -37,6 +37,7 @@ class DataConfig:
     test_fraction: float = 0.1
     max_skipped_fraction: float = 0.05
     tfds_data_dir: str | None = None
+    tfds_download: bool = False
 
 
 @dataclass(frozen=True)

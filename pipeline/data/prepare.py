@@ -103,6 +103,7 @@ def source_options(config: PipelineConfig) -> SourceOptions:
         background=data.background,
         test_fraction=data.test_fraction,
         tfds_data_dir=data.tfds_data_dir,
+        tfds_download=data.tfds_download,
     )
     make_image_spec(1, 1, 1, data.resize_mode, data.background)  # raises ConfigError before any work
     return options
@@ -133,8 +134,8 @@ def check_skipped(split: str, source: SourceData, max_skipped_fraction: float) -
 def preprocessing_settings(config: PipelineConfig) -> dict[str, Any]:
     """Return every setting that changes the shards' content or split into files; the fingerprint covers them.
 
-    `tfds_data_dir` is left out because it only says where to read, and `max_skipped_fraction` because it
-    only decides whether to fail.
+    `tfds_data_dir` and `tfds_download` are left out because they only say where to read from, and
+    `max_skipped_fraction` because it only decides whether to fail.
     """
     data = config.data
     return {

@@ -23,6 +23,7 @@ class SourceOptions:
     and width, and its channels are 1 for grayscale and 3 otherwise. For image folders it is the
     size of the first decodable image in path order, and 3 channels.
     `test_fraction` is the share of a source without its own test split that is held out for it.
+    `tfds_data_dir` and `tfds_download` apply to TensorFlow Datasets sources (see tfds_source).
     """
 
     height: int | None = None
@@ -32,6 +33,7 @@ class SourceOptions:
     background: str = "black"
     test_fraction: float = 0.1
     tfds_data_dir: str | None = None
+    tfds_download: bool = False
 
 
 @dataclass(frozen=True, eq=False)

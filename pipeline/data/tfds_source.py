@@ -1,8 +1,10 @@
 """TensorFlow Datasets as a source: `tfds:<name>[:<version>]`, read from a configurable data_dir.
 
 A dataset already prepared in the data_dir (`<data_dir>/<name>/<version>/dataset_info.json`) is
-read without any network access. Otherwise the builder downloads and prepares it, which needs a
-network; when that fails the error names the dataset, its version, the directory and the fix.
+read without any network access. Otherwise, when `tfds_download` is set, the builder downloads and
+prepares it, which needs a network; when it is not set, or the download fails, the error names
+the dataset, its version, the directory looked in and the fix. Downloading is off by default
+because tensorflow-datasets 4.9 retries a failed download for minutes before it gives up.
 TensorFlow Datasets is imported inside the functions, because importing it takes seconds.
 """
 
@@ -34,7 +36,7 @@ def load_tfds(name: str, version: str | None, split: str, limit: int | None, opt
         raise ConfigError("source", f"tfds:{qualified}", f"names no available version: {error}") from error
 
     if not builder.is_prepared():
-        _download_and_prepare(builder, name)
+        _download_and_prepare(builder, name, options.tfds_download)
 
     features = builder.info.features
     if "image" not in features:
@@ -56,18 +58,23 @@ def load_tfds(name: str, version: str | None, split: str, limit: int | None, opt
     return make_source_data(images[:limit], labels[:limit], label_names, origin=f"tfds:{qualified} ({split})")
 
 
-def _download_and_prepare(builder, name: str) -> None:
-    """Download and prepare the builder's data; raise DataError with the fix when that fails."""
-    logger.info("TensorFlow Datasets %s %s is not prepared in %s; downloading it", name, builder.version, builder.data_dir)
+def _download_and_prepare(builder, name: str, download: bool) -> None:
+    """Download and prepare the builder's data when `download` is set; raise DataError with the fix otherwise."""
+    missing = f"TensorFlow Datasets {name} version {builder.version} is not prepared in {builder.data_dir}"
+    fix = (
+        f"On a machine with network access run 'tfds build {name}:{builder.version} --data_dir <directory>' "
+        "and set tfds_data_dir to a copy of <directory>, set tfds_download to true where the network is "
+        "reachable, or prepare from an 'idx:', 'folder:' or 'npz:' source"
+    )
+    if not download:
+        raise DataError(f"{missing}, and tfds_download is off. {fix}")
+
+    # NOTE: this download path is untested here, because the tests and benchmarks run offline.
+    logger.info("%s; downloading it", missing)
     try:
         builder.download_and_prepare()
     except Exception as error:  # download, checksum and extraction failures have many types
-        raise DataError(
-            f"TensorFlow Datasets {name} version {builder.version} is not prepared in {builder.data_dir}, "
-            f"and downloading it failed ({type(error).__name__}: {error}). On a machine with network access run "
-            f"'tfds build {name}:{builder.version} --data_dir <directory>', copy the directory here and set "
-            f"tfds_data_dir to it, or prepare from an 'idx:', 'folder:' or 'npz:' source"
-        ) from error
+        raise DataError(f"{missing}, and downloading it failed ({type(error).__name__}: {error}). {fix}") from error
 
 
 def _read_examples(tfds, dataset, has_labels: bool, image_shape, options: SourceOptions, qualified: str):
