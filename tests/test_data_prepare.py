@@ -416,3 +416,29 @@ def test_manifest_default_schema_version():
     manifest = Manifest("f" * 20, "fashion_mnist", 28, 28, 1, ["a"], {"train": SplitInfo(1, [shard])})
 
     assert manifest.to_dict()["schema_version"] == 1
+
+
+def test_prepare_uploads_verified_local_copy(prepared, tmp_path):
+    """A complete local copy (an upload that was killed before the manifest) is uploaded, not rewritten."""
+    config = make_config(tmp_path)
+    directory = dataset_directory(config.cache_dir, prepared.summary["fingerprint"])
+    fetch_dataset(prepared.store, prepared.summary["fingerprint"], config.cache_dir)
+    mtimes = {path.name: path.stat().st_mtime_ns for path in directory.glob("*.tfrecord")}
+    store = LocalStore(tmp_path / "store")
+
+    summary = prepare_dataset(config, store)
+
+    assert summary["fingerprint"] == prepared.summary["fingerprint"]
+    assert {path.name: path.stat().st_mtime_ns for path in directory.glob("*.tfrecord")} == mtimes
+    assert store.exists(manifest_key(summary["fingerprint"]))
+
+
+def test_prepare_rewrites_corrupted_local_copy(prepared, tmp_path):
+    config = make_config(tmp_path)
+    directory, manifest = fetch_dataset(prepared.store, prepared.summary["fingerprint"], config.cache_dir)
+    shard = manifest.splits["train"].shards[0]
+    (directory / shard.file).write_bytes(b"damaged")
+
+    prepare_dataset(config, LocalStore(tmp_path / "store"))
+
+    assert sha256_file(directory / shard.file) == shard.sha256

@@ -176,9 +176,9 @@ def test_make_dataset_flip_mirrors_some_images(fetched):
 
     images = first_batch(dataset)
 
-    kept = [np.array_equal(image, original) for image, original in zip(images, source)]
+    unchanged = [np.array_equal(image, original) for image, original in zip(images, source)]
     mirrored = [np.array_equal(image, original[:, ::-1]) for image, original in zip(images, source)]
-    assert all(keep or mirror for keep, mirror in zip(kept, mirrored))
+    assert all(same or mirror for same, mirror in zip(unchanged, mirrored))
     assert 100 < sum(mirrored) < 412
 
 

@@ -3,9 +3,13 @@
 A dataset is named by its fingerprint, which covers the kept source content and the settings in
 `preprocessing_settings`. The source string itself is not part of it, so the same images loaded
 from Debian's IDX files or from TensorFlow Datasets share one fingerprint. The step is idempotent:
-when the store already contains `manifest.json` for the fingerprint, nothing is written. Otherwise
-the shards are (re)written and uploaded, and the manifest is uploaded last, because its presence
-marks a complete dataset.
+when the store already contains `manifest.json` for the fingerprint, nothing is written. When the
+local cache contains a complete copy that passes verification, it is uploaded without being
+written again. Otherwise the shards are (re)written and uploaded. The manifest is uploaded last,
+because its presence marks a complete dataset.
+
+NOTE: the source is loaded and normalised before the fingerprint is known, so a reused dataset still
+costs one decoding pass over the source.
 """
 
 from __future__ import annotations
@@ -61,9 +65,12 @@ def prepare_dataset(config: PipelineConfig, store: ArtifactStore) -> dict[str, A
         logger.info("dataset %s is already prepared at %s; reusing it", fingerprint, store.location(key))
         return _summary(manifest, key, reused=True)
 
-    logger.info("preparing dataset %s from source %r with settings %s", fingerprint, data.source, settings)
-    manifest = _write_dataset(config, fingerprint, sources, settings)
-    _upload_dataset(store, manifest, dataset_directory(config.cache_dir, fingerprint))
+    directory = dataset_directory(config.cache_dir, fingerprint)
+    manifest = _verified_local_copy(directory, fingerprint)
+    if manifest is None:
+        logger.info("preparing dataset %s from source %r with settings %s", fingerprint, data.source, settings)
+        manifest = _write_dataset(config, fingerprint, sources, settings)
+    _upload_dataset(store, manifest, directory)
 
     num_images = sum(split.num_records for split in manifest.splits.values())
     elapsed = time.monotonic() - started
@@ -134,7 +141,7 @@ def check_skipped(split: str, source: SourceData, max_skipped_fraction: float) -
 def preprocessing_settings(config: PipelineConfig) -> dict[str, Any]:
     """Return every setting that changes the shards' content or split into files; the fingerprint covers them.
 
-    `tfds_data_dir` and `tfds_download` are left out because they only say where to read from, and
+    `tfds_data_dir` and `tfds_download` are left out because they only select where to read from, and
     `max_skipped_fraction` because it only decides whether to fail.
     """
     data = config.data
@@ -149,6 +156,28 @@ def preprocessing_settings(config: PipelineConfig) -> dict[str, Any]:
         "background": data.background,
         "test_fraction": data.test_fraction,
     }
+
+
+def _verified_local_copy(directory: Path, fingerprint: str) -> Manifest | None:
+    """Return the manifest of a complete, verified local copy of the dataset, or None to write it anew.
+
+    A copy that a killed upload left behind is reused this way instead of being written again.
+    """
+    from pipeline.data.verify import verify_dataset
+
+    local_manifest = directory / "manifest.json"
+    if not local_manifest.is_file():
+        return None
+    try:
+        manifest = Manifest.load(local_manifest)
+        if manifest.fingerprint != fingerprint:
+            return None
+        verify_dataset(directory, manifest)
+    except DataError as error:
+        logger.warning("local copy of dataset %s in %s is unusable (%s); writing it again", fingerprint, directory, error)
+        return None
+    logger.info("dataset %s is complete in the local cache %s; uploading it without writing", fingerprint, directory)
+    return manifest
 
 
 def _write_dataset(

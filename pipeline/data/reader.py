@@ -56,9 +56,10 @@ def make_dataset(
     left-right with probability 1/2, drawn from `seed`. `deterministic` fixes the element order
     under parallelism; None means deterministic when `seed` is set or `shuffle` is off.
 
-    Errors raised while iterating name the shard: tf.errors.InvalidArgumentError for a record
-    whose image is not height * width * channels bytes, or for a shard that yields fewer records
-    than the manifest lists (a truncated file or a record whose CRC does not match).
+    Errors raised while iterating name the shard. tf.errors.InvalidArgumentError is raised for a
+    record whose image is not height * width * channels bytes. It is also raised for a shard that
+    yields fewer records than the manifest lists, because the file is truncated or a record fails
+    its CRC.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError("batch_size", batch_size, "must be a positive integer")

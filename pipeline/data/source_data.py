@@ -1,4 +1,4 @@
-"""What every source returns: one split of normalised images with labels, skipped files and a digest."""
+"""The result of every source: one split of normalised images with labels, skipped files and a digest."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ UNLABELLED = "unlabelled"
 
 @dataclass(frozen=True)
 class SourceOptions:
-    """How a source is read and normalised; None for height, width or channels means the source's own.
+    """Options for reading and normalising a source; None for height, width or channels means the source's own.
 
     For array sources (IDX, `.npz`, TensorFlow Datasets) the source's own size is the arrays' height
     and width, and its channels are 1 for grayscale and 3 otherwise. For image folders it is the

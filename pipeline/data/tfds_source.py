@@ -2,7 +2,7 @@
 
 A dataset already prepared in the data_dir (`<data_dir>/<name>/<version>/dataset_info.json`) is
 read without any network access. Otherwise, when `tfds_download` is set, the builder downloads and
-prepares it, which needs a network; when it is not set, or the download fails, the error names
+prepares it, which needs a network. When it is not set, or the download fails, the error names
 the dataset, its version, the directory looked in and the fix. Downloading is off by default
 because tensorflow-datasets 4.9 retries a failed download for minutes before it gives up.
 TensorFlow Datasets is imported inside the functions, because importing it takes seconds.

@@ -126,7 +126,7 @@ def write_shard(path: str | Path, images: np.ndarray, labels: np.ndarray) -> Sha
 def parse_batch(serialized: tf.Tensor, shards: tf.Tensor, height: int, width: int, channels: int):
     """Parse a batch of records into (images uint8 [batch, height, width, channels], labels int64 [batch]).
 
-    `shards` holds each record's file path. Parsing a batch at once is several times faster than
+    `shards` contains each record's file path. Parsing a batch at once is several times faster than
     record by record. Raises tf.errors.InvalidArgumentError naming the shards of the records whose
     image is not height * width * channels bytes, which means a corrupted or foreign shard.
     """
