@@ -6,7 +6,8 @@ Measures, in one run on this machine:
    from reading the files to a committed manifest in a local artifact store;
 2. preparation throughput of a folder of 10,000 PNG files (Fashion-MNIST images written here as
    grayscale PNGs in class sub-folders, normalised to 28x28x3);
-3. the reader's images/s on the prepared Fashion-MNIST train split at batch 64 (shuffled, seeded);
+3. the reader's images/s on the prepared Fashion-MNIST train split at batch 64 (shuffled, seeded),
+   without and with horizontal-flip augmentation;
 4. the images/s of the DCGAN train step (pipeline.training) at batch 64 on the same batches.
 
 The goal is a reader that delivers at least 10x what a training step consumes. Run:
@@ -56,6 +57,7 @@ def main() -> None:
 
         directory, manifest = fetch(root / "idx", results["prepare_idx"]["fingerprint"])
         results["reader"] = bench_reader(directory, manifest)
+        results["reader_flip"] = bench_reader(directory, manifest, flip=True)
         results["train_step"] = bench_train_step(directory, manifest)
 
     results["reader_over_train_step"] = round(
@@ -137,11 +139,11 @@ def fetch(root: Path, fingerprint: str):
     return fetch_dataset(LocalStore(root / "store"), fingerprint, root / "cache")
 
 
-def bench_reader(directory: Path, manifest) -> dict:
+def bench_reader(directory: Path, manifest, flip: bool = False) -> dict:
     """Time READER_BATCHES shuffled batches of BATCH_SIZE after READER_WARMUP_BATCHES, as training reads them."""
     from pipeline.data.reader import make_dataset
 
-    dataset = make_dataset(directory, manifest, "train", BATCH_SIZE, seed=0, repeat=True)
+    dataset = make_dataset(directory, manifest, "train", BATCH_SIZE, seed=0, repeat=True, flip=flip)
     batches = iter(dataset)
     for _ in range(READER_WARMUP_BATCHES):
         next(batches)
@@ -152,7 +154,7 @@ def bench_reader(directory: Path, manifest) -> dict:
     seconds = time.perf_counter() - started
 
     images = READER_BATCHES * BATCH_SIZE
-    logger.info("reader: %d images in %.2f s", images, seconds)
+    logger.info("reader (flip %s): %d images in %.2f s", flip, images, seconds)
     return {"images": images, "seconds": round(seconds, 2), "images_per_second": round(images / seconds)}
 
 
