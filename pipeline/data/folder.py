@@ -36,7 +36,7 @@ _LOG_INTERVAL_S = 5.0
 def load_image_folder(directory: Path, split: str, limit: int | None, options: SourceOptions) -> SourceData:
     """Load and normalise `split` of the image folder `directory`, keeping the first `limit` files.
 
-    Raises DataError when the directory is missing or holds no image files for the split.
+    Raises DataError when the directory is missing or contains no image files for the split.
     """
     if not directory.is_dir():
         raise DataError(f"image folder {directory} not found: set source to 'folder:<directory>' of an existing directory")
@@ -44,7 +44,8 @@ def load_image_folder(directory: Path, split: str, limit: int | None, options: S
     files, split_root = _split_files(directory, split, options.test_fraction)
     if not files:
         raise DataError(
-            f"image folder {directory} holds no {split} images with the suffixes {list(IMAGE_SUFFIXES)}"
+            f"image folder {directory} contains no {split} images with the suffixes {list(IMAGE_SUFFIXES)}: "
+            "add image files, give it train/ and test/ sub-folders, or raise test_fraction for a small folder"
         )
 
     class_names = sorted({_class_name(path, split_root) for path in files})
@@ -64,12 +65,12 @@ def _split_files(directory: Path, split: str, test_fraction: float) -> tuple[lis
     files = _image_files(directory)
     keys = [path.relative_to(directory).as_posix() for path in files]
     held_out = in_test_split(keys, test_fraction)
-    kept = [path for path, is_test in zip(files, held_out) if is_test == (split == "test")]
-    return kept, directory
+    split_files = [path for path, is_test in zip(files, held_out) if is_test == (split == "test")]
+    return split_files, directory
 
 
 def _image_files(directory: Path) -> list[Path]:
-    """Every file below `directory` with an image suffix (any case), in sorted path order; hidden ones excluded."""
+    """Return every file below `directory` with an image suffix (any case) in sorted path order, hidden ones excluded."""
     return sorted(
         path
         for path in directory.rglob("*")
