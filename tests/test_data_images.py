@@ -211,3 +211,11 @@ def test_make_image_spec_invalid(arguments, name):
         make_image_spec(*arguments)
 
     assert error.value.name == name
+
+
+def test_decode_decompression_bomb_rejected(monkeypatch):
+    content = encode(Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)), "PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow raises past twice this many pixels
+
+    with pytest.raises(DataError, match="too large"):
+        decode_image_file(content, rgb_spec(), "huge.png")

@@ -89,6 +89,8 @@ def _decode_files(
     files: list[Path], split_root: Path, class_names: list[str], options: SourceOptions, origin: str
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
     """Decode and normalise every file; return images, labels and the skipped files with reasons."""
+    # NOTE: a split's decoded images are all held in memory before shards are written, so a folder
+    # whose normalised images exceed the worker's memory cannot be prepared yet.
     label_of = {name: index for index, name in enumerate(class_names)}
     spec = None
     images, labels, skipped = [], [], []

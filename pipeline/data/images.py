@@ -86,6 +86,8 @@ def decode_image_file(content: bytes, spec: ImageSpec, name: str | Path) -> np.n
             image = ImageOps.exif_transpose(image)
     except UnidentifiedImageError as error:
         raise DataError(f"{name} is not an image Pillow can identify") from error
+    except Image.DecompressionBombError as error:
+        raise DataError(f"{name} is too large to decode safely: {error}") from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise DataError(f"{name} cannot be decoded: {error}") from error
     return normalize_image(image, spec)
@@ -185,8 +187,10 @@ def _to_8bit(image):
 
     if image.mode in _WIDE_INTEGER_MODES or image.mode == "F":
         values = np.asarray(image)
-        if image.mode == "I" and values.size and values.max() > 65535:
-            raise DataError(f"32-bit images are not supported; the maximum value is {values.max()}")
+        if image.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+            raise DataError(
+                f"32-bit integer images must have values in [0, 65535], got [{values.min()}, {values.max()}]"
+            )
         if image.mode != "F":
             values = values.astype(np.uint16)  # so that a dark 16-bit image is scaled like a bright one
         return Image.fromarray(to_uint8_values(values))

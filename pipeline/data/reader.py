@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import random
 from pathlib import Path
 
 import tensorflow as tf
@@ -92,10 +93,12 @@ def make_dataset(
     if repeat:
         records = records.repeat()
 
-    batches = records.batch(batch_size, drop_remainder=drop_remainder)
+    # Flips are drawn statelessly from (flip_seed, batch index), so parallel mapping cannot reorder them.
+    flip_seed = seed if seed is not None else random.getrandbits(31)
+    batches = records.batch(batch_size, drop_remainder=drop_remainder).enumerate()
     batches = batches.map(
         functools.partial(
-            _to_model_batch, shape=(height, width, channels), flip=flip, seed=seed, with_labels=with_labels
+            _to_model_batch, shape=(height, width, channels), flip=flip, flip_seed=flip_seed, with_labels=with_labels
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=deterministic,
@@ -170,11 +173,20 @@ def _read_shard(path: tf.Tensor, expected_records: tf.Tensor) -> tf.data.Dataset
     return records.map(lambda record: (record, path))
 
 
-def _to_model_batch(records: tf.Tensor, paths: tf.Tensor, shape: tuple[int, int, int], flip: bool, seed: int | None, with_labels: bool):
-    """Parse a batch of records and convert it to the model range, mirroring a random half left-right when `flip`."""
+def _to_model_batch(
+    index: tf.Tensor,
+    batch: tuple[tf.Tensor, tf.Tensor],
+    shape: tuple[int, int, int],
+    flip: bool,
+    flip_seed: int,
+    with_labels: bool,
+):
+    """Parse batch `index` and convert it to the model range, mirroring a random half left-right when `flip`."""
+    records, paths = batch
     images, labels = parse_batch(records, paths, *shape)
     if flip:
-        mirrored = tf.random.uniform([tf.shape(images)[0], 1, 1, 1], seed=seed) < 0.5
+        draw_seed = tf.stack([tf.constant(flip_seed, dtype=tf.int64), index])
+        mirrored = tf.random.stateless_uniform([tf.shape(images)[0], 1, 1, 1], seed=draw_seed) < 0.5
         images = tf.where(mirrored, tf.reverse(images, axis=[2]), images)
     images = to_model_range(images)
     return (images, labels) if with_labels else images
