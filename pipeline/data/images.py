@@ -172,7 +172,7 @@ def to_uint8_values(array: np.ndarray) -> np.ndarray:
     if array.dtype.kind == "f" and low >= 0.0 and high <= 1.0:
         return np.round(array * 255.0).astype(np.uint8)
     raise DataError(
-        f"image values of dtype {array.dtype} range over [{low}, {high}]; expected uint8, uint16, "
+        f"image values of dtype {array.dtype} range over [{low}, {high}], but they must be uint8, uint16, "
         "integers in [0, 65535] or floats in [0, 1]"
     )
 

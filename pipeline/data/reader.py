@@ -53,8 +53,8 @@ def make_dataset(
     `repeat` makes the dataset endless.
 
     `cache` keeps the serialised records after the first pass, so later passes skip the shard files
-    and keep the first pass's shard order: True in memory, a path in files with that prefix, which
-    later datasets built with the same path reuse. `flip` mirrors each image left-right with
+    and keep the first pass's shard order. True caches in memory. A path caches in files with that
+    prefix, which later datasets built with the same path reuse. `flip` mirrors each image left-right with
     probability 1/2, drawn from `seed` and the batch index. `deterministic` fixes the element order
     under parallelism; None means deterministic when `seed` is set or `shuffle` is off.
     NOTE: the train step (pipeline.training.train) passes neither `flip` nor `cache` yet.

@@ -10,7 +10,7 @@ Accepted `source` values:
   `label` feature, read from `tfds_data_dir` (see pipeline.data.tfds_source).
 - `folder:<directory>`: PNG, JPEG, BMP, GIF and WebP files, class sub-folders as labels
   (see pipeline.data.folder).
-- `npz:<file>`: a NumPy `.npz` file with images `x` and optional integer labels `y`; a share of
+- `npz:<file>`: a NumPy `.npz` file with images `x` and optional integer labels `y`. A share of
   `test_fraction` of them, chosen by the hash of their index, forms the test split.
 
 Every image is normalised by pipeline.data.images to the settings in SourceOptions.
