@@ -29,6 +29,15 @@ class DataConfig:
     records_per_shard: int = 10_000
     max_train_examples: int | None = None
     max_test_examples: int | None = None
+    height: int | None = None
+    width: int | None = None
+    channels: int | None = None
+    resize_mode: str = "crop"
+    background: str = "black"
+    test_fraction: float = 0.1
+    max_skipped_fraction: float = 0.05
+    tfds_data_dir: str | None = None
+    tfds_download: bool = False
 
 
 @dataclass(frozen=True)
@@ -213,6 +222,12 @@ _RULES = [
     ("records_per_shard", "must be a positive integer", _positive),
     ("max_train_examples", "must be a positive integer or unset", _positive),
     ("max_test_examples", "must be a positive integer or unset", _positive),
+    ("height", "must be between 1 and 4096 pixels, or unset for the source's height", lambda v: 1 <= v <= 4096),
+    ("width", "must be between 1 and 4096 pixels, or unset for the source's width", lambda v: 1 <= v <= 4096),
+    ("channels", "must be 1 (grayscale) or 3 (RGB), or unset for the source's", lambda v: v in (1, 3)),
+    ("resize_mode", "must be 'crop' or 'pad'", lambda v: v in ("crop", "pad")),
+    ("test_fraction", "must be in (0, 1)", lambda v: 0 < v < 1),
+    ("max_skipped_fraction", "must be in [0, 1]", lambda v: 0 <= v <= 1),
     ("epochs", "must be a positive integer", _positive),
     ("steps", "must be a positive integer or unset", _positive),
     ("batch_size", "must be between 1 and 65536", lambda v: 1 <= v <= 65536),

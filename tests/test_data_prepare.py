@@ -17,7 +17,8 @@ from pipeline.config import PipelineConfig
 from pipeline.data import sources
 from pipeline.data.fetch import dataset_directory, fetch_dataset
 from pipeline.data.manifest import Manifest, ShardInfo, SplitInfo, compute_fingerprint
-from pipeline.data.prepare import prepare_dataset
+from pipeline.data.prepare import prepare_dataset, preprocessing_settings
+from pipeline.data.source_data import SourceOptions
 from pipeline.data.sources import FASHION_MNIST_LABEL_NAMES, load_source
 from pipeline.errors import ConfigError, DataError
 from pipeline.layout import dataset_prefix, manifest_key
@@ -152,7 +153,7 @@ def test_load_source_tfds_mock():
     tfds = pytest.importorskip("tensorflow_datasets")
 
     with tfds.testing.mock_data(num_examples=9):
-        data = load_source("tfds:fashion_mnist:3.0.1", "train", 5)
+        data = load_source("tfds:fashion_mnist:3.0.1", "train", 5, SourceOptions(tfds_download=True))
 
     assert data.images.shape == (5, 28, 28, 1)
     assert data.labels.dtype == np.int64
@@ -164,7 +165,7 @@ def test_load_source_fashion_mnist_falls_back_to_tfds(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "FASHION_MNIST_DIR", tmp_path / "absent")
 
     with tfds.testing.mock_data(num_examples=3):
-        data = load_source("fashion_mnist", "test", None)
+        data = load_source("fashion_mnist", "test", None, SourceOptions(tfds_download=True))
 
     assert data.images.shape == (3, 28, 28, 1)
 
@@ -266,7 +267,8 @@ def test_prepare_manifest_fields(prepared):
     assert prepared.manifest.fingerprint == prepared.summary["fingerprint"]
     assert prepared.manifest.source == "fashion_mnist"
     assert prepared.manifest.label_names == FASHION_MNIST_LABEL_NAMES
-    assert prepared.manifest.settings == SLICE_SETTINGS
+    assert prepared.manifest.settings == preprocessing_settings(prepared.config)
+    assert prepared.manifest.skipped == []
 
 
 def test_prepare_stored_shards_match_manifest(prepared):
@@ -414,3 +416,29 @@ def test_manifest_default_schema_version():
     manifest = Manifest("f" * 20, "fashion_mnist", 28, 28, 1, ["a"], {"train": SplitInfo(1, [shard])})
 
     assert manifest.to_dict()["schema_version"] == 1
+
+
+def test_prepare_uploads_verified_local_copy(prepared, tmp_path):
+    """A complete local copy (an upload that was killed before the manifest) is uploaded, not rewritten."""
+    config = make_config(tmp_path)
+    directory = dataset_directory(config.cache_dir, prepared.summary["fingerprint"])
+    fetch_dataset(prepared.store, prepared.summary["fingerprint"], config.cache_dir)
+    mtimes = {path.name: path.stat().st_mtime_ns for path in directory.glob("*.tfrecord")}
+    store = LocalStore(tmp_path / "store")
+
+    summary = prepare_dataset(config, store)
+
+    assert summary["fingerprint"] == prepared.summary["fingerprint"]
+    assert {path.name: path.stat().st_mtime_ns for path in directory.glob("*.tfrecord")} == mtimes
+    assert store.exists(manifest_key(summary["fingerprint"]))
+
+
+def test_prepare_rewrites_corrupted_local_copy(prepared, tmp_path):
+    config = make_config(tmp_path)
+    directory, manifest = fetch_dataset(prepared.store, prepared.summary["fingerprint"], config.cache_dir)
+    shard = manifest.splits["train"].shards[0]
+    (directory / shard.file).write_bytes(b"damaged")
+
+    prepare_dataset(config, LocalStore(tmp_path / "store"))
+
+    assert sha256_file(directory / shard.file) == shard.sha256

@@ -168,3 +168,63 @@ def test_shuffle_buffer_size_large_images(fetched):
     manifest = dataclasses.replace(manifest, splits={"train": SplitInfo(100_000, [])})
 
     assert shuffle_buffer_size(manifest, "train") == 64 * 1024 * 1024 // (64 * 64 * 3)
+
+
+def test_make_dataset_flip_mirrors_some_images(fetched):
+    source = to_model_range(load_source("fashion_mnist", "train", 512).images).numpy()
+    dataset = make_dataset(fetched.directory, fetched.manifest, "train", 512, shuffle=False, flip=True, seed=5)
+
+    images = first_batch(dataset)
+
+    unchanged = [np.array_equal(image, original) for image, original in zip(images, source)]
+    mirrored = [np.array_equal(image, original[:, ::-1]) for image, original in zip(images, source)]
+    assert all(same or mirror for same, mirror in zip(unchanged, mirrored))
+    assert 100 < sum(mirrored) < 412
+
+
+def test_make_dataset_flip_seeded(fetched):
+    def epoch():
+        dataset = make_dataset(fetched.directory, fetched.manifest, "train", 64, seed=5, flip=True)
+        return np.concatenate([images.numpy() for images in dataset])
+
+    assert np.array_equal(epoch(), epoch())
+
+
+def test_make_dataset_file_cache_reused(fetched, tmp_path):
+    # tf.data writes the cache files only when a pass reaches the end, so both passes read it all.
+    cache = tmp_path / "records"
+    first = [images.numpy() for images in make_dataset(fetched.directory, fetched.manifest, "test", 100, shuffle=False, cache=cache)]
+
+    again = [images.numpy() for images in make_dataset(fetched.directory, fetched.manifest, "test", 100, shuffle=False, cache=cache)]
+
+    assert list(tmp_path.glob("records*.index"))
+    assert np.array_equal(np.concatenate(first), np.concatenate(again))
+
+
+def test_make_dataset_memory_cache_epochs(fetched):
+    dataset = make_dataset(fetched.directory, fetched.manifest, "test", 256, seed=2, cache=True, repeat=True)
+    batches = iter(dataset)
+
+    first_epoch, second_epoch = next(batches).numpy(), next(batches).numpy()
+
+    assert np.array_equal(np.sort(first_epoch, axis=None), np.sort(second_epoch, axis=None))
+
+
+def test_make_dataset_deterministic_whole_epoch(fetched):
+    def epoch():
+        dataset = make_dataset(fetched.directory, fetched.manifest, "train", 128, seed=11, deterministic=True)
+        return np.concatenate([images.numpy() for images in dataset])
+
+    assert np.array_equal(epoch(), epoch())
+
+
+def test_make_dataset_small_shuffle_buffer(fetched):
+    dataset = make_dataset(fetched.directory, fetched.manifest, "train", 64, seed=1, shuffle_buffer=1)
+
+    assert sum(1 for _ in dataset) == 8
+
+
+@pytest.mark.parametrize("shuffle_buffer", [0, -5, True])
+def test_make_dataset_invalid_shuffle_buffer(fetched, shuffle_buffer):
+    with pytest.raises(ConfigError, match="shuffle_buffer"):
+        make_dataset(fetched.directory, fetched.manifest, "train", 64, shuffle_buffer=shuffle_buffer)

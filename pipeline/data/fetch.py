@@ -1,7 +1,8 @@
 """Local copies of prepared datasets: download and verify the shards a manifest lists.
 
 The local cache of a dataset is `<cache_dir>/datasets/<fingerprint>/`, holding the shards and a
-copy of `manifest.json`. A shard is trusted only when its size and sha256 match the manifest.
+copy of `manifest.json`. A shard is trusted only when its size, sha256 and record count match the
+manifest (see pipeline.data.verify).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from pipeline.data.manifest import FINGERPRINT_HEX_CHARS, Manifest, ShardInfo
 from pipeline.errors import ConfigError, DataError
 from pipeline.layout import dataset_prefix, manifest_key
-from pipeline.storage.base import ArtifactStore, sha256_file
+from pipeline.data.verify import shard_problem
+from pipeline.storage.base import ArtifactStore
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +37,10 @@ def dataset_directory(cache_dir: str | Path, fingerprint: str) -> Path:
 def fetch_dataset(store: ArtifactStore, fingerprint: str, cache_dir: str | Path) -> tuple[Path, Manifest]:
     """Make `<cache_dir>/datasets/<fingerprint>/` hold every shard of the dataset; return it and the manifest.
 
-    Shards already present with the manifest's size and sha256 are kept. Missing or mismatched ones
-    are downloaded to a temporary file, verified, then renamed into place. Raises DataError when
-    the store has no manifest for `fingerprint`, or when a downloaded shard still mismatches.
+    Shards already present with the manifest's size, sha256 and record count are kept. Missing or
+    mismatched ones are downloaded to a temporary file, verified, then renamed into place, so the
+    returned directory has passed `verify_dataset`. Raises DataError when the store has no manifest
+    for `fingerprint`, or when a downloaded shard still mismatches, naming the shard.
     """
     directory = dataset_directory(cache_dir, fingerprint)
     key = manifest_key(fingerprint)
@@ -58,7 +61,7 @@ def fetch_dataset(store: ArtifactStore, fingerprint: str, cache_dir: str | Path)
     downloaded_bytes = 0
     for split in manifest.splits.values():
         for shard in split.shards:
-            if _matches(directory / shard.file, shard):
+            if shard_problem(directory / shard.file, shard) is None:
                 continue
             _download_shard(store, fingerprint, shard, directory)
             downloaded_bytes += shard.size_bytes
@@ -79,20 +82,13 @@ def _download_shard(store: ArtifactStore, fingerprint: str, shard: ShardInfo, di
     os.close(handle)
     try:
         store.get_file(key, temporary)
-        if not _matches(Path(temporary), shard):
+        problem = shard_problem(temporary, shard)
+        if problem is not None:
             raise DataError(
-                f"shard {shard.file} downloaded from {store.location(key)} has size {os.path.getsize(temporary)} "
-                f"and sha256 {sha256_file(temporary)}, but the manifest of dataset {fingerprint} expects "
-                f"size {shard.size_bytes} and sha256 {shard.sha256}: the stored dataset is corrupted; "
-                f"delete {dataset_prefix(fingerprint)} in the store and run the prepare step again"
+                f"shard {shard.file} downloaded from {store.location(key)} does not match the manifest of dataset "
+                f"{fingerprint}: {problem}. The stored dataset is corrupted; delete {dataset_prefix(fingerprint)} "
+                "in the store and run the prepare step again"
             )
         os.replace(temporary, directory / shard.file)
     finally:
         Path(temporary).unlink(missing_ok=True)
-
-
-def _matches(path: Path, shard: ShardInfo) -> bool:
-    """Return whether `path` exists with the shard's size and sha256; the size is checked first."""
-    if not path.is_file() or path.stat().st_size != shard.size_bytes:
-        return False
-    return sha256_file(path) == shard.sha256

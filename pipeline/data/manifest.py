@@ -46,7 +46,10 @@ class SplitInfo:
 
 @dataclass(frozen=True)
 class Manifest:
-    """Description of a prepared dataset: image shape, label names, shards and the settings used."""
+    """Description of a prepared dataset: image shape, label names, shards and the settings used.
+
+    `skipped` lists {"split", "file", "reason"} for every source file that could not be decoded.
+    """
 
     fingerprint: str
     source: str
@@ -56,6 +59,7 @@ class Manifest:
     label_names: list[str]
     splits: dict[str, SplitInfo]
     settings: dict[str, Any] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def split(self, name: str) -> SplitInfo:
@@ -123,6 +127,7 @@ class Manifest:
                 label_names=list(values["label_names"]),
                 splits=splits,
                 settings=dict(values.get("settings", {})),
+                skipped=[dict(entry) for entry in values.get("skipped", [])],
                 schema_version=schema_version,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:

@@ -3,27 +3,37 @@
 A dataset is named by its fingerprint, which covers the kept source content and the settings in
 `preprocessing_settings`. The source string itself is not part of it, so the same images loaded
 from Debian's IDX files or from TensorFlow Datasets share one fingerprint. The step is idempotent:
-when the store already contains `manifest.json` for the fingerprint, nothing is written. Otherwise
-the shards are (re)written and uploaded, and the manifest is uploaded last, because its presence
-marks a complete dataset.
+when the store already contains `manifest.json` for the fingerprint, nothing is written. When the
+local cache contains a complete copy that passes verification, it is uploaded without being
+written again. Otherwise the shards are (re)written and uploaded. The manifest is uploaded last,
+because its presence marks a complete dataset.
+
+NOTE: the source is loaded and normalised before the fingerprint is known, so a reused dataset still
+costs one decoding pass over the source.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
 from pipeline.data.fetch import dataset_directory
 from pipeline.data.manifest import Manifest, SplitInfo, compute_fingerprint
-from pipeline.data.sources import SourceData, load_source
+from pipeline.data.images import make_image_spec
+from pipeline.data.source_data import SourceData, SourceOptions
+from pipeline.data.sources import load_source
 from pipeline.errors import DataError
 from pipeline.layout import dataset_prefix, manifest_key
 from pipeline.storage.base import ArtifactStore
 
 logger = logging.getLogger(__name__)
+
+# Skipped files named in an error or warning; the manifest lists all of them.
+_LISTED_SKIPPED_FILES = 5
 
 
 def prepare_dataset(config: PipelineConfig, store: ArtifactStore) -> dict[str, Any]:
@@ -34,10 +44,7 @@ def prepare_dataset(config: PipelineConfig, store: ArtifactStore) -> dict[str, A
     """
     data = config.data
     started = time.monotonic()
-    sources = {
-        "train": load_source(data.source, "train", data.max_train_examples),
-        "test": load_source(data.source, "test", data.max_test_examples),
-    }
+    sources = load_splits(config)
     logger.info(
         "loaded %d train and %d test images of shape %s from source %r in %.1f s",
         len(sources["train"].images), len(sources["test"].images), sources["train"].images.shape[1:],
@@ -58,9 +65,12 @@ def prepare_dataset(config: PipelineConfig, store: ArtifactStore) -> dict[str, A
         logger.info("dataset %s is already prepared at %s; reusing it", fingerprint, store.location(key))
         return _summary(manifest, key, reused=True)
 
-    logger.info("preparing dataset %s from source %r with settings %s", fingerprint, data.source, settings)
-    manifest = _write_dataset(config, fingerprint, sources, settings)
-    _upload_dataset(store, manifest, dataset_directory(config.cache_dir, fingerprint))
+    directory = dataset_directory(config.cache_dir, fingerprint)
+    manifest = _verified_local_copy(directory, fingerprint)
+    if manifest is None:
+        logger.info("preparing dataset %s from source %r with settings %s", fingerprint, data.source, settings)
+        manifest = _write_dataset(config, fingerprint, sources, settings)
+    _upload_dataset(store, manifest, directory)
 
     num_images = sum(split.num_records for split in manifest.splits.values())
     elapsed = time.monotonic() - started
@@ -71,13 +81,103 @@ def prepare_dataset(config: PipelineConfig, store: ArtifactStore) -> dict[str, A
     return _summary(manifest, key, reused=False)
 
 
+def load_splits(config: PipelineConfig) -> dict[str, SourceData]:
+    """Load and normalise both splits; the test split takes the train split's image shape.
+
+    Raises DataError when a split has no usable image, or when the share of skipped files of a
+    split exceeds `max_skipped_fraction`.
+    """
+    data = config.data
+    options = source_options(config)
+    train = load_source(data.source, "train", data.max_train_examples, options)
+    check_skipped("train", train, data.max_skipped_fraction)
+
+    _, height, width, channels = train.images.shape
+    test_options = replace(options, height=height, width=width, channels=channels)
+    test = load_source(data.source, "test", data.max_test_examples, test_options)
+    check_skipped("test", test, data.max_skipped_fraction)
+    return {"train": train, "test": test}
+
+
+def source_options(config: PipelineConfig) -> SourceOptions:
+    """Return the reading and normalisation options of `config.data`, validating the background colour."""
+    data = config.data
+    options = SourceOptions(
+        height=data.height,
+        width=data.width,
+        channels=data.channels,
+        resize_mode=data.resize_mode,
+        background=data.background,
+        test_fraction=data.test_fraction,
+        tfds_data_dir=data.tfds_data_dir,
+        tfds_download=data.tfds_download,
+    )
+    make_image_spec(1, 1, 1, data.resize_mode, data.background)  # raises ConfigError before any work
+    return options
+
+
+def check_skipped(split: str, source: SourceData, max_skipped_fraction: float) -> None:
+    """Raise DataError when `split` has no images, or skipped more than `max_skipped_fraction` of its files.
+
+    The message lists the first skipped files in path order with their reasons.
+    """
+    skipped = len(source.skipped)
+    total = skipped + len(source.images)
+    if skipped == 0:
+        return
+
+    examples = "; ".join(f"{entry['file']}: {entry['reason']}" for entry in source.skipped[:_LISTED_SKIPPED_FILES])
+    if len(source.images) == 0:
+        raise DataError(f"the {split} split has no usable image: all {total} files were skipped ({examples})")
+    if skipped / total > max_skipped_fraction:
+        raise DataError(
+            f"{skipped} of {total} {split} files ({skipped / total:.1%}) cannot be decoded, more than "
+            f"max_skipped_fraction {max_skipped_fraction:.1%}; first skipped: {examples}. "
+            "Fix or remove those files, or raise max_skipped_fraction"
+        )
+    logger.warning("skipped %d of %d %s files that cannot be decoded; first: %s", skipped, total, split, examples)
+
+
 def preprocessing_settings(config: PipelineConfig) -> dict[str, Any]:
-    """Return every setting that changes the shards' content or split into files; the fingerprint covers them."""
+    """Return every setting that changes the shards' content or split into files; the fingerprint covers them.
+
+    `tfds_data_dir` and `tfds_download` are left out because they only select where to read from, and
+    `max_skipped_fraction` because it only decides whether to fail.
+    """
+    data = config.data
     return {
-        "records_per_shard": config.data.records_per_shard,
-        "max_train_examples": config.data.max_train_examples,
-        "max_test_examples": config.data.max_test_examples,
+        "records_per_shard": data.records_per_shard,
+        "max_train_examples": data.max_train_examples,
+        "max_test_examples": data.max_test_examples,
+        "height": data.height,
+        "width": data.width,
+        "channels": data.channels,
+        "resize_mode": data.resize_mode,
+        "background": data.background,
+        "test_fraction": data.test_fraction,
     }
+
+
+def _verified_local_copy(directory: Path, fingerprint: str) -> Manifest | None:
+    """Return the manifest of a complete, verified local copy of the dataset, or None to write it anew.
+
+    A copy that a killed upload left behind is reused this way instead of being written again.
+    """
+    from pipeline.data.verify import verify_dataset
+
+    local_manifest = directory / "manifest.json"
+    if not local_manifest.is_file():
+        return None
+    try:
+        manifest = Manifest.load(local_manifest)
+        if manifest.fingerprint != fingerprint:
+            return None
+        verify_dataset(directory, manifest)
+    except DataError as error:
+        logger.warning("local copy of dataset %s in %s is unusable (%s); writing it again", fingerprint, directory, error)
+        return None
+    logger.info("dataset %s is complete in the local cache %s; uploading it without writing", fingerprint, directory)
+    return manifest
 
 
 def _write_dataset(
@@ -104,6 +204,7 @@ def _write_dataset(
         label_names=label_names,
         splits=splits,
         settings=settings,
+        skipped=[{"split": split, **entry} for split, source in sources.items() for entry in source.skipped],
     )
     manifest.save(directory / "manifest.json")
     return manifest

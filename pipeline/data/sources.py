@@ -1,4 +1,4 @@
-"""Image sources: where the real images of a dataset come from, as uint8 NHWC arrays with labels.
+"""Image sources: where the real images of a dataset come from, as normalised uint8 NHWC arrays with labels.
 
 Accepted `source` values:
 
@@ -6,23 +6,33 @@ Accepted `source` values:
   otherwise `tfds:fashion_mnist`.
 - `idx:<directory>`: MNIST-style IDX files `train-images-idx3-ubyte[.gz]`,
   `train-labels-idx1-ubyte[.gz]`, `t10k-images-idx3-ubyte[.gz]` and `t10k-labels-idx1-ubyte[.gz]`.
-- `tfds:<name>[:<version>]`: a TensorFlow Datasets builder with `image` and `label` features.
-  It downloads and prepares the data on first use, which needs a network.
+- `tfds:<name>[:<version>]`: a TensorFlow Datasets builder with an `image` and an optional
+  `label` feature, read from `tfds_data_dir` (see pipeline.data.tfds_source).
+- `folder:<directory>`: PNG, JPEG, BMP, GIF and WebP files, class sub-folders as labels
+  (see pipeline.data.folder).
+- `npz:<file>`: a NumPy `.npz` file with images `x` and optional integer labels `y`. A share of
+  `test_fraction` of them, chosen by the hash of their index, forms the test split.
 
-TensorFlow Datasets is imported only when a `tfds:` source is loaded.
+Every image is normalised by pipeline.data.images to the settings in SourceOptions.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.folder import load_image_folder
 from pipeline.data.idx import read_idx
+from pipeline.data.source_data import (
+    UNLABELLED,
+    SourceData,
+    SourceOptions,
+    in_test_split,
+    make_source_data,
+    normalize_arrays,
+)
 from pipeline.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -42,33 +52,21 @@ FASHION_MNIST_LABEL_NAMES = [
 ]
 
 SPLITS = ("train", "test")
-SOURCE_FORMS = "must be 'fashion_mnist', 'idx:<directory>' or 'tfds:<name>[:<version>]'"
+SOURCE_FORMS = (
+    "must be 'fashion_mnist', 'idx:<directory>', 'tfds:<name>[:<version>]', 'folder:<directory>' or 'npz:<file>'"
+)
 
 # IDX file name prefix of each split, as MNIST and Fashion-MNIST name their files.
 _IDX_PREFIXES = {"train": "train", "test": "t10k"}
-_TFDS_BATCH = 4096
 
 
-@dataclass(frozen=True, eq=False)
-class SourceData:
-    """One split of a source: images uint8 (N, H, W, C), labels int64 (N,), and their digest.
-
-    `content_digest` is the sha256 hex of the kept images and labels, their shapes and the label
-    names, so it changes whenever anything written to the shards would change.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray
-    label_names: list[str]
-    content_digest: str
-
-
-def load_source(source: str, split: str, limit: int | None) -> SourceData:
-    """Load `split` ('train' or 'test') of `source`, keeping the first `limit` examples when set.
+def load_source(source: str, split: str, limit: int | None, options: SourceOptions | None = None) -> SourceData:
+    """Load and normalise `split` ('train' or 'test') of `source`, keeping the first `limit` examples.
 
     Raises ConfigError for an unknown source form, split or limit, and DataError for missing or
     malformed data.
     """
+    options = options or SourceOptions()
     if split not in SPLITS:
         raise ConfigError("split", split, f"must be one of {list(SPLITS)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -76,25 +74,33 @@ def load_source(source: str, split: str, limit: int | None) -> SourceData:
 
     if source == "fashion_mnist":
         if FASHION_MNIST_DIR.is_dir():
-            return load_idx_directory(FASHION_MNIST_DIR, split, limit, FASHION_MNIST_LABEL_NAMES)
+            return load_idx_directory(FASHION_MNIST_DIR, split, limit, options, FASHION_MNIST_LABEL_NAMES)
         logger.info("%s not found; loading fashion_mnist through TensorFlow Datasets", FASHION_MNIST_DIR)
-        return load_tfds("fashion_mnist", None, split, limit)
+        return _load_tfds("fashion_mnist", None, split, limit, options)
 
     kind, _, argument = source.partition(":")
     if kind == "idx" and argument:
-        return load_idx_directory(Path(argument).expanduser(), split, limit)
+        return load_idx_directory(Path(argument).expanduser(), split, limit, options)
+    if kind == "folder" and argument:
+        return load_image_folder(Path(argument).expanduser(), split, limit, options)
+    if kind == "npz" and argument:
+        return load_npz(Path(argument).expanduser(), split, limit, options)
     if kind == "tfds" and argument:
         name, _, version = argument.partition(":")
         if name:
-            return load_tfds(name, version or None, split, limit)
+            return _load_tfds(name, version or None, split, limit, options)
 
     raise ConfigError("source", source, SOURCE_FORMS)
 
 
 def load_idx_directory(
-    directory: Path, split: str, limit: int | None, label_names: list[str] | None = None
+    directory: Path,
+    split: str,
+    limit: int | None,
+    options: SourceOptions | None = None,
+    label_names: list[str] | None = None,
 ) -> SourceData:
-    """Load one split from a directory of MNIST-style IDX files.
+    """Load one split from a directory of MNIST-style IDX files, gzipped or not.
 
     Without `label_names`, classes are named '0' to 'K-1', where K - 1 is the largest label of the
     whole split file (not only of the kept examples), so `limit` does not change the names.
@@ -110,68 +116,50 @@ def load_idx_directory(
     if label_names is None:
         label_names = [str(label) for label in range(int(labels.max()) + 1)]
 
-    return make_source_data(images[:limit], labels[:limit], label_names, origin=f"{directory} ({split})")
+    origin = f"{directory} ({split})"
+    images = normalize_arrays(images[:limit], options or SourceOptions(), origin)
+    return make_source_data(images, labels[:limit], label_names, origin=origin)
 
 
-def load_tfds(name: str, version: str | None, split: str, limit: int | None) -> SourceData:
-    """Load one split through `tfds.load`, which downloads and prepares the data when absent."""
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+def load_npz(path: Path, split: str, limit: int | None, options: SourceOptions | None = None) -> SourceData:
+    """Load one split of a `.npz` file with images `x` and optional integer labels `y`.
 
-    # NOTE: the download path is untested here (no network). tensorflow-datasets 4.9.10 needs the
-    # undeclared package importlib_resources to download, and fails with ModuleNotFoundError without it.
-    qualified = f"{name}:{version}" if version else name
-    split_spec = f"{split}[:{limit}]" if limit else split
+    An example is in the test split when its index hashes into `options.test_fraction` (see
+    `in_test_split`). Without `y`, every image has the label 'unlabelled'.
+    """
+    options = options or SourceOptions()
     try:
-        dataset, info = tfds.load(qualified, split=split_spec, with_info=True, shuffle_files=False)
-    except tfds.core.DatasetNotFoundError as error:
-        raise ConfigError("source", f"tfds:{qualified}", f"names no TensorFlow Datasets builder; {SOURCE_FORMS}") from error
-    except Exception as error:  # tfds raises many types: download, checksum, missing split, import
-        raise DataError(
-            f"cannot load TensorFlow Datasets {qualified!r} split {split_spec!r}: {error}. "
-            "Check the network and TFDS_DATA_DIR, or prepare from an 'idx:<directory>' source"
-        ) from error
+        with np.load(path, allow_pickle=False) as arrays:
+            keys = set(arrays.files)
+            images = arrays["x"] if "x" in keys else None
+            labels = arrays["y"] if "y" in keys else None
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read .npz file {path}: {error}") from error
+    if images is None:
+        raise DataError(f".npz file {path} has the arrays {sorted(keys)}, but no images array 'x'")
 
-    missing = {"image", "label"} - set(info.features.keys())
-    if missing:
+    if labels is None:
+        labels, label_names = np.zeros(len(images), dtype=np.int64), [UNLABELLED]
+    elif labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(images):
         raise DataError(
-            f"TensorFlow Datasets {qualified!r} lacks the features {sorted(missing)}; "
-            f"it has {sorted(info.features.keys())}, and this pipeline needs 'image' and 'label'"
+            f".npz file {path}: labels 'y' must be a 1-D integer array of {len(images)} values, "
+            f"got {labels.dtype} {labels.shape}"
         )
+    else:
+        label_names = [str(label) for label in range(int(labels.max()) + 1)] if labels.size else [UNLABELLED]
 
-    try:
-        batches = list(tfds.as_numpy(dataset.map(lambda example: (example["image"], example["label"])).batch(_TFDS_BATCH)))
-    except tf.errors.InvalidArgumentError as error:
-        # NOTE: sources whose images differ in size are rejected; resizing is not implemented.
-        raise DataError(f"TensorFlow Datasets {qualified!r} images must all have one shape: {error.message}") from error
-    if not batches:
-        raise DataError(f"TensorFlow Datasets {qualified!r} split {split_spec!r} is empty")
-
-    images = np.concatenate([images for images, _ in batches])
-    labels = np.concatenate([labels for _, labels in batches])
-    return make_source_data(images[:limit], labels[:limit], list(info.features["label"].names), origin=f"tfds:{qualified}")
+    held_out = in_test_split([str(index) for index in range(len(images))], options.test_fraction)
+    chosen = np.flatnonzero(held_out == (split == "test"))[:limit]
+    origin = f"{path} ({split})"
+    if chosen.size == 0:
+        raise DataError(f".npz file {path} has no {split} images (test_fraction {options.test_fraction})")
+    return make_source_data(normalize_arrays(images[chosen], options, origin), labels[chosen], label_names, origin=origin)
 
 
-def make_source_data(images: np.ndarray, labels: np.ndarray, label_names: list[str], origin: str) -> SourceData:
-    """Check shapes, dtypes and label range, add the channel axis to grayscale, and digest the content."""
-    if images.dtype != np.uint8:
-        raise DataError(f"images of {origin} must be uint8, got {images.dtype}")
-    if images.ndim == 3:
-        images = images[..., np.newaxis]
-    if images.ndim != 4:
-        raise DataError(f"images of {origin} must have shape (N, H, W) or (N, H, W, C), got {images.shape}")
-    if labels.shape != (len(images),):
-        raise DataError(f"{origin} has {len(images)} images but labels of shape {labels.shape}")
+def _load_tfds(name: str, version: str | None, split: str, limit: int | None, options: SourceOptions) -> SourceData:
+    from pipeline.data.tfds_source import load_tfds
 
-    labels = labels.astype(np.int64)
-    if labels.size and (labels.min() < 0 or labels.max() >= len(label_names)):
-        raise DataError(
-            f"labels of {origin} range over [{labels.min()}, {labels.max()}], "
-            f"expected [0, {len(label_names) - 1}] for {len(label_names)} label names"
-        )
-
-    images = np.ascontiguousarray(images)
-    return SourceData(images, labels, list(label_names), _digest(images, labels, label_names))
+    return load_tfds(name, version, split, limit, options)
 
 
 def _find_idx_file(directory: Path, name: str) -> Path:
@@ -181,10 +169,3 @@ def _find_idx_file(directory: Path, name: str) -> Path:
     raise DataError(f"IDX file {name} or {name}.gz not found in {directory}")
 
 
-def _digest(images: np.ndarray, labels: np.ndarray, label_names: list[str]) -> str:
-    """sha256 of a JSON header (shapes, label names), the image bytes and the labels as little-endian int64."""
-    header = {"images_shape": list(images.shape), "labels_shape": list(labels.shape), "label_names": label_names}
-    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
-    digest.update(images.tobytes())
-    digest.update(labels.astype("<i8").tobytes())
-    return digest.hexdigest()

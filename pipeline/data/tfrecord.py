@@ -1,4 +1,4 @@
-"""TFRecord shards of labelled images: the writer, and the parse function the reader maps.
+"""TFRecord shards of labelled images: the writer, and the batch parser the reader maps.
 
 Each record is a `tf.train.Example` with the features
 
@@ -123,30 +123,31 @@ def write_shard(path: str | Path, images: np.ndarray, labels: np.ndarray) -> Sha
     return info
 
 
-def parse_example(serialized: tf.Tensor, shard: tf.Tensor, height: int, width: int, channels: int):
-    """Parse one record into (image uint8 [height, width, channels], label int64 []).
+def parse_batch(serialized: tf.Tensor, shards: tf.Tensor, height: int, width: int, channels: int):
+    """Parse a batch of records into (images uint8 [batch, height, width, channels], labels int64 [batch]).
 
-    Raises tf.errors.InvalidArgumentError naming `shard` (the file path, a string tensor) when the
-    image has other than height * width * channels bytes, which means a corrupted or foreign shard.
+    `shards` contains each record's file path. Parsing a batch at once is several times faster than
+    record by record. Raises tf.errors.InvalidArgumentError naming the shards of the records whose
+    image is not height * width * channels bytes, which means a corrupted or foreign shard.
     """
-    features = tf.io.parse_single_example(serialized, _PARSE_FEATURES)
-    pixels = tf.io.decode_raw(features["image"], tf.uint8)
+    features = tf.io.parse_example(serialized, _PARSE_FEATURES)
 
     expected_bytes = height * width * channels
+    wrong_size = tf.not_equal(tf.strings.length(features["image"]), expected_bytes)
     check = tf.debugging.Assert(
-        tf.equal(tf.size(pixels), expected_bytes),
+        tf.logical_not(tf.reduce_any(wrong_size)),
         [
             "corrupted shard",
-            shard,
+            tf.boolean_mask(shards, wrong_size)[:1],
             "has a record whose image has",
-            tf.size(pixels),
+            tf.boolean_mask(tf.strings.length(features["image"]), wrong_size)[:1],
             f"bytes, expected {expected_bytes} (height {height} * width {width} * channels {channels} "
             "in the manifest); prepare the dataset again",
         ],
     )
     with tf.control_dependencies([check]):
-        image = tf.reshape(pixels, [height, width, channels])
-    return image, features["label"]
+        pixels = tf.io.decode_raw(features["image"], tf.uint8)
+    return tf.reshape(pixels, [-1, height, width, channels]), features["label"]
 
 
 def _int64_feature(value: int) -> tf.train.Feature:
