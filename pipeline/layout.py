@@ -59,3 +59,8 @@ TRAIN_JSON = "train.json"  # written last by the train step: without it, trainin
 # Objects that the evaluate step writes under runs/<run_id>/; report.json is written last.
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
+
+
+def promoted_samples_key(run_id: str) -> str:
+    """Key of the sample grid that the example consumer DAG draws from a promoted generator."""
+    return f"models/samples/{run_id}.png"
