@@ -7,7 +7,8 @@ set -euo pipefail
 venv="${1:-.venv}"
 extras="${2:-test}"
 # docker-compose only validates docker/docker-compose.yaml in the tests; no engine is needed.
-debian_packages=(dataset-fashion-mnist docker-compose)
+# postgresql, chromium and chromium-driver run the real Airflow services and the browser test.
+debian_packages=(dataset-fashion-mnist docker-compose postgresql chromium chromium-driver)
 
 missing=()
 for package in "${debian_packages[@]}"; do
