@@ -1,8 +1,8 @@
 """
 ### GAN retraining
 
-Retrains the image GAN every night at 02:00 UTC with the Param defaults, or on a manual trigger
-with the Params below:
+Retrains the image GAN every night at 02:00 UTC (`GAN_PIPELINE_SCHEDULE`) with the Param defaults,
+or on a manual trigger with the Params below:
 
 `prepare_dataset` → `train_gan` → `evaluate` → `upload_artifacts` → `announce_promotion`
 
@@ -62,6 +62,9 @@ from pipeline.presets import NO_PRESET, PRESETS
 # Read when the DAG is parsed, so a change needs the DAG processor to parse the file again.
 TRAINING_QUEUE = os.environ.get("GAN_PIPELINE_TRAINING_QUEUE", "default")
 TRAINING_POOL = os.environ.get("GAN_PIPELINE_TRAINING_POOL", "default_pool")
+# A cron expression; an empty value or "none" turns the nightly run off, leaving manual and API triggers.
+SCHEDULE = os.environ.get("GAN_PIPELINE_SCHEDULE", "0 2 * * *").strip()
+SCHEDULE = None if SCHEDULE.lower() in ("", "none") else SCHEDULE
 TRAINING_TIMEOUT = timedelta(hours=float(os.environ.get("GAN_PIPELINE_TRAINING_TIMEOUT_HOURS", "12")))
 
 # The source forms that pipeline.data.sources accepts; the pattern rejects other values in the trigger form.
@@ -132,7 +135,7 @@ def _params_and_run_id() -> tuple[dict, str]:
 
 @dag(
     dag_id="gan_retraining",
-    schedule="0 2 * * *",
+    schedule=SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -17,9 +17,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,7 @@ ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-password"
 STARTUP_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 360
+CONSUMER_TIMEOUT_S = 180
 # Small enough for about a minute of CPU: the whole chain with real TensorFlow on 512 images.
 SMOKE_CONF = {
     "epochs": 1,
@@ -55,15 +58,29 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+class WebhookHandler(BaseHTTPRequestHandler):
+    """Stores each POSTed JSON notice in the server's `received` list."""
+
+    def do_POST(self):
+        length = int(self.headers["Content-Length"])
+        self.server.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 @dataclass
 class AirflowStack:
-    """A running Airflow: its API URL, an admin JWT, and the processes to stop."""
+    """A running Airflow: its API URL, an admin JWT, the processes to stop, and the webhook notices it sent."""
 
     api_url: str
     home: Path
     env: dict[str, str]
     processes: list[subprocess.Popen] = field(default_factory=list)
     token: str = ""
+    webhook: ThreadingHTTPServer | None = None
 
     def request(self, method: str, path: str, **kwargs):
         import requests
@@ -113,7 +130,7 @@ def start_postgres(directory: Path) -> tuple[str, list[str]]:
     return f"postgresql+psycopg2://airflow@127.0.0.1:{port}/postgres", stop
 
 
-def airflow_env(home: Path, database_url: str, api_port: int) -> dict[str, str]:
+def airflow_env(home: Path, database_url: str, api_port: int, webhook_url: str) -> dict[str, str]:
     """Environment of every Airflow process of the stack: LocalExecutor, simple auth manager, loopback only."""
     env = {
         key: value
@@ -137,9 +154,10 @@ def airflow_env(home: Path, database_url: str, api_port: int) -> dict[str, str]:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+            "AIRFLOW_CONN_GAN_PIPELINE_WEBHOOK": json.dumps({"conn_type": "http", "host": webhook_url}),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            # No nightly run on unpause: only the runs that the tests trigger.
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+            # No nightly run on unpause, which would start a full training run: only the runs the tests trigger.
+            "GAN_PIPELINE_SCHEDULE": "none",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             "GAN_PIPELINE_HOME": str(home / "gan-pipeline"),
@@ -244,8 +262,13 @@ def airflow_stack():
     home = Path(tempfile.mkdtemp(prefix="airflow-stack-"))
     os.chmod(home, 0o755)
     database_url, stop_postgres = start_postgres(home / "postgres")
+    webhook = ThreadingHTTPServer(("127.0.0.1", 0), WebhookHandler)
+    webhook.received = []
+    threading.Thread(target=webhook.serve_forever, daemon=True).start()
+    webhook_url = f"http://127.0.0.1:{webhook.server_port}/notices"
     api_port = free_port()
-    stack = AirflowStack(api_url=f"http://127.0.0.1:{api_port}", home=home, env=airflow_env(home, database_url, api_port))
+    env = airflow_env(home, database_url, api_port, webhook_url)
+    stack = AirflowStack(api_url=f"http://127.0.0.1:{api_port}", home=home, env=env, webhook=webhook)
     (home / "passwords.json").write_text(json.dumps({ADMIN_USER: ADMIN_PASSWORD}))
     try:
         migrate = subprocess.run(
@@ -275,6 +298,8 @@ def airflow_stack():
     finally:
         _RUNNING.pop("stack", None)
         _stop(stack)
+        webhook.shutdown()
+        webhook.server_close()
         subprocess.run(stop_postgres, capture_output=True, timeout=60)
         shutil.rmtree(home, ignore_errors=True)
 
@@ -321,6 +346,8 @@ def test_api_triggered_smoke_run_publishes_to_s3(airflow_stack, s3_server, fashi
         "store_aws_conn_id": None,
     }
     run_id = f"smoke-{uuid.uuid4().hex[:8]}"
+    consumer = airflow_stack.request("PATCH", "/api/v2/dags/gan_promoted_samples", json={"is_paused": False})
+    assert consumer.status_code == 200, consumer.text
 
     response = trigger(airflow_stack, conf, run_id)
     assert response.status_code == 200, response.text
@@ -341,4 +368,13 @@ def test_api_triggered_smoke_run_publishes_to_s3(airflow_stack, s3_server, fashi
     events = airflow_stack.request("GET", "/api/v2/assets/events", params={"source_run_id": run_id}).json()
     event_assets = {event["name"] for event in events["asset_events"]}
     assert event_assets == {"gan_pipeline_prepared_dataset", "gan_pipeline_promoted_model"}
+
+    promotions = [notice for notice in airflow_stack.webhook.received if notice["event"] == "promotion"]
+    assert [notice["run_id"] for notice in promotions] == [run_id]
+
+    def sample_grid_written():
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix=f"gan/models/samples/{run_id}.png")
+        return listed.get("KeyCount", 0) == 1
+
+    _wait_for("gan_promoted_samples to write the sample grid", sample_grid_written, CONSUMER_TIMEOUT_S, airflow_stack)
 

@@ -43,6 +43,7 @@ def parse_dag_folder(extra_env: dict | None = None) -> dict:
             "dag_ids": sorted(bag.dag_ids),
             "heavy_modules": sorted(name for name in ("tensorflow", "keras", "tensorflow_datasets") if name in sys.modules),
             "train_gan": {{"queue": train_gan.queue, "pool": train_gan.pool}},
+            "schedule": bag.dags["gan_retraining"].schedule,
         }}))
         """
     )
@@ -74,6 +75,12 @@ def test_dag_queue_and_pool_come_from_environment():
     parsed = parse_dag_folder({"GAN_PIPELINE_TRAINING_QUEUE": "gpu", "GAN_PIPELINE_TRAINING_POOL": "gpu_slots"})
 
     assert parsed["train_gan"] == {"queue": "gpu", "pool": "gpu_slots"}
+
+
+def test_dag_schedule_none_turns_nightly_run_off():
+    parsed = parse_dag_folder({"GAN_PIPELINE_SCHEDULE": "none"})
+
+    assert parsed["schedule"] is None
 
 
 def test_dag_wires_steps_in_order(dag):
