@@ -22,8 +22,8 @@ or on a manual trigger with the Params below:
 
 #### Params
 
-- **preset**: `none` (the Params as given), `smoke` (about a minute on a CPU: 512 training images,
-  1 epoch), `nightly` (the defaults) or `full_quality` (100 epochs, 100 KID subsets). A preset fills
+- **preset**: `none` (the Params as given), `smoke` (512 training images, 1 epoch, under a
+  minute on a CPU), `nightly` (the defaults) or `full_quality` (100 epochs, 100 KID subsets). A preset fills
   every setting that still has its default value; a value you changed wins.
 - **source**: `fashion_mnist`, `idx:<directory>`, `tfds:<name>[:<version>]`, `folder:<directory>` or
   `npz:<file>`.
@@ -76,7 +76,7 @@ PARAMS = {
         type="string",
         enum=list(PRESETS),
         description="Settings for a common case; it fills every setting left at its default. "
-        "none: the Params as given. smoke: a one-minute CPU run. nightly: the defaults. full_quality: 100 epochs.",
+        "none: the Params as given. smoke: 512 images, 1 epoch. nightly: the defaults. full_quality: 100 epochs.",
     ),
     "source": Param(
         "fashion_mnist",

@@ -52,7 +52,8 @@ if [[ ! "${slots}" =~ ^[1-9][0-9]*$ ]]; then
 fi
 
 echo "airflow-init: secrets checked; migrating the metadata database, creating user ${_AIRFLOW_WWW_USER_USERNAME:-admin} and pool ${pool} with ${slots} slots"
-# The image's entrypoint migrates first and then runs the bash command. AIRFLOW_ENTRYPOINT
+# The image's entrypoint migrates first and then runs the bash command.
+# NOTE: no Docker engine was available to run this against the official image; only a stub entrypoint was. AIRFLOW_ENTRYPOINT
 # replaces that entrypoint in tests of this script.
 exec "${AIRFLOW_ENTRYPOINT:-/entrypoint}" bash -c \
     'airflow db check-migrations --migration-wait-timeout 60 && airflow pools set "$1" "$2" "GPU slots of train_gan"' \
