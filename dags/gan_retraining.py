@@ -1,21 +1,49 @@
 """
 ### GAN retraining
 
-Retrains the image GAN every night at 02:00 UTC, or on a manual trigger with the Params below:
+Retrains the image GAN every night at 02:00 UTC (`GAN_PIPELINE_SCHEDULE`) with the Param defaults,
+or on a manual trigger with the Params below:
 
-`prepare_dataset` → `train_gan` → `evaluate` → `upload_artifacts`
+`prepare_dataset` → `train_gan` → `evaluate` → `upload_artifacts` → `announce_promotion`
 
 - **prepare_dataset** writes sharded TFRecords and `manifest.json` under `datasets/<fingerprint>/`,
-  reusing a dataset already prepared with the same content and settings.
-- **train_gan** trains the DCGAN on the `GAN_PIPELINE_TRAINING_QUEUE` queue (a GPU worker) and
-  resumes from its last checkpoint when retried.
+  reusing a dataset already prepared with the same content and settings. Outlet: the asset
+  `gan_pipeline_prepared_dataset`.
+- **train_gan** trains the DCGAN on the `GAN_PIPELINE_TRAINING_QUEUE` queue (a GPU worker) in the
+  `GAN_PIPELINE_TRAINING_POOL` pool (one slot per GPU), stops after 12 hours, and resumes from its
+  last checkpoint when retried.
 - **evaluate** computes FID and KID against the real test split and writes `report.json` and a
   self-contained `report.html` under `runs/<run_id>/`.
 - **upload_artifacts** writes `run.json` last, which marks the run complete, and moves the
   `models/latest.json` and `models/best.json` pointers.
+- **announce_promotion** runs only when this run became `models/best.json` (it is skipped
+  otherwise). Outlet: the asset `gan_pipeline_promoted_model`, so DAGs scheduled on it, such as
+  `gan_promoted_samples`, start on each new best model.
 
-All outputs live in the artifact store given by the `store_uri` Param (a local directory or
-`s3://bucket/prefix`); tasks hand each other only small JSON through XCom.
+#### Params
+
+- **preset**: `none` (the Params as given), `smoke` (512 training images, 1 epoch, under a
+  minute on a CPU), `nightly` (the defaults) or `full_quality` (100 epochs, 100 KID subsets). A preset fills
+  every setting that still has its default value; a value you changed wins.
+- **source**: `fashion_mnist`, `idx:<directory>`, `tfds:<name>[:<version>]`, `folder:<directory>` or
+  `npz:<file>`.
+- **epochs**, **steps**, **batch_size**, learning rates, **seed**: training. **num_samples**,
+  **kid_subset_size**, **kid_subsets**, **classifier_epochs**: evaluation. Every field states its
+  range, and a value outside it is rejected before the run starts.
+- **store_uri** and the other `store_*` Params: where everything is written.
+
+#### Where reports land
+
+In the artifact store given by `store_uri` (a local directory or `s3://bucket/prefix`):
+`runs/<run_id>/report.html` (open it in a browser), `runs/<run_id>/report.json`, the generator
+`runs/<run_id>/generator.keras`, and the pointers `models/latest.json` and `models/best.json`.
+`<run_id>` is the Airflow run id with every character other than letters, digits, `.`, `_` and `-`
+replaced by `-`. Tasks hand each other only small JSON through XCom.
+
+#### Failures and notices
+
+A failed task logs one line with the run id, the task and the error. When the Airflow connection
+`gan_pipeline_webhook` exists, failures and promotions are also POSTed to the URL in its `host` as JSON.
 """
 
 from __future__ import annotations
@@ -26,15 +54,34 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
+from pipeline.assets import PREPARED_DATASET, PROMOTED_MODEL, store_settings
 from pipeline.config import DEFAULT_STORE_AWS_CONN_ID, DEFAULT_STORE_URI
+from pipeline.notify import on_task_failure
+from pipeline.presets import NO_PRESET, PRESETS
 
+# Read when the DAG is parsed, so a change needs the DAG processor to parse the file again.
 TRAINING_QUEUE = os.environ.get("GAN_PIPELINE_TRAINING_QUEUE", "default")
+TRAINING_POOL = os.environ.get("GAN_PIPELINE_TRAINING_POOL", "default_pool")
+# A cron expression; an empty value or "none" turns the nightly run off, leaving manual and API triggers.
+SCHEDULE = os.environ.get("GAN_PIPELINE_SCHEDULE", "0 2 * * *").strip()
+SCHEDULE = None if SCHEDULE.lower() in ("", "none") else SCHEDULE
+TRAINING_TIMEOUT = timedelta(hours=float(os.environ.get("GAN_PIPELINE_TRAINING_TIMEOUT_HOURS", "12")))
+
+# The source forms that pipeline.data.sources accepts; the pattern rejects other values in the trigger form.
+SOURCE_PATTERN = r"^(fashion_mnist|(idx|tfds|folder|npz):\S.*)$"
 
 PARAMS = {
+    "preset": Param(
+        NO_PRESET,
+        type="string",
+        enum=list(PRESETS),
+        description="Settings for a common case; it fills every setting left at its default. "
+        "none: the Params as given. smoke: 512 images, 1 epoch. nightly: the defaults. full_quality: 100 epochs.",
+    ),
     "source": Param(
         "fashion_mnist",
         type="string",
-        minLength=1,
+        pattern=SOURCE_PATTERN,
         description="Dataset source: fashion_mnist, idx:<directory>, tfds:<name>[:<version>], folder:<directory> or npz:<file>.",
     ),
     "epochs": Param(25, type="integer", minimum=1, maximum=10_000, description="Training epochs."),
@@ -114,30 +161,39 @@ PARAMS = {
 
 
 def _params_and_run_id() -> tuple[dict, str]:
+    from pipeline.presets import resolve_preset
+
     context = get_current_context()
-    return dict(context["params"]), context["run_id"]
+    return resolve_preset(context["params"]), context["run_id"]
 
 
 @dag(
     dag_id="gan_retraining",
-    schedule="0 2 * * *",
+    schedule=SCHEDULE,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     params=PARAMS,
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=1)},
+    default_args={
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=1),
+        "on_failure_callback": on_task_failure,
+    },
     tags=["gan", "training"],
     doc_md=__doc__,
 )
 def gan_retraining():
-    @task
-    def prepare_dataset() -> dict:
+    @task(outlets=[PREPARED_DATASET])
+    def prepare_dataset(*, outlet_events=None) -> dict:
         from pipeline import steps
 
         params, _ = _params_and_run_id()
-        return steps.prepare(params)
+        dataset = steps.prepare(params)
+        outlet_events[PREPARED_DATASET].extra = {"fingerprint": dataset["fingerprint"], **store_settings(params)}
+        return dataset
 
-    @task(queue=TRAINING_QUEUE, execution_timeout=timedelta(hours=12))
+    @task(queue=TRAINING_QUEUE, pool=TRAINING_POOL, execution_timeout=TRAINING_TIMEOUT)
     def train_gan(dataset: dict) -> dict:
         from pipeline import steps
 
@@ -158,10 +214,27 @@ def gan_retraining():
         params, _ = _params_and_run_id()
         return steps.publish(params, dataset["fingerprint"], training["run_id"], metrics)
 
+    # A skipped task emits no asset event, so consumers of PROMOTED_MODEL start only on a promotion.
+    @task(outlets=[PROMOTED_MODEL])
+    def announce_promotion(published: dict, metrics: dict, *, outlet_events=None) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from pipeline import notify
+
+        if not published["promoted"]:
+            raise AirflowSkipException(f"run {published['run_id']} was not promoted, so models/best.json is unchanged")
+
+        params, _ = _params_and_run_id()
+        notice = notify.promotion_notice("gan_retraining", published["run_id"], published, metrics)
+        outlet_events[PROMOTED_MODEL].extra = {**notice, **store_settings(params)}
+        notify.send_to_webhook(notice)
+        return notice
+
     dataset = prepare_dataset()
     training = train_gan(dataset)
     metrics = evaluate(dataset, training)
-    upload_artifacts(dataset, training, metrics)
+    published = upload_artifacts(dataset, training, metrics)
+    announce_promotion(published, metrics)
 
 
 gan_retraining_dag = gan_retraining()

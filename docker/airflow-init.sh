@@ -44,6 +44,17 @@ if ((failed)); then
     exit 1
 fi
 
-echo "airflow-init: secrets checked; migrating the metadata database and creating user ${_AIRFLOW_WWW_USER_USERNAME:-admin}"
-# AIRFLOW_ENTRYPOINT replaces the image's entrypoint in tests of this script.
-exec "${AIRFLOW_ENTRYPOINT:-/entrypoint}" airflow db check-migrations --migration-wait-timeout 60
+pool="${GAN_PIPELINE_TRAINING_POOL:-default_pool}"
+slots="${GAN_PIPELINE_TRAINING_POOL_SLOTS:-1}"
+if [[ ! "${slots}" =~ ^[1-9][0-9]*$ ]]; then
+    report "GAN_PIPELINE_TRAINING_POOL_SLOTS in docker/.env is invalid: use a positive whole number of GPUs, not '${slots}'"
+    exit 1
+fi
+
+echo "airflow-init: secrets checked; migrating the metadata database, creating user ${_AIRFLOW_WWW_USER_USERNAME:-admin} and pool ${pool} with ${slots} slots"
+# The image's entrypoint migrates first and then runs the bash command.
+# NOTE: no Docker engine was available to run this against the official image; only a stub entrypoint was. AIRFLOW_ENTRYPOINT
+# replaces that entrypoint in tests of this script.
+exec "${AIRFLOW_ENTRYPOINT:-/entrypoint}" bash -c \
+    'airflow db check-migrations --migration-wait-timeout 60 && airflow pools set "$1" "$2" "GPU slots of train_gan"' \
+    airflow-init "${pool}" "${slots}"

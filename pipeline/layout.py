@@ -64,3 +64,8 @@ REPORT_HTML = "report.html"
 def reference_stats_key(fingerprint: str, split: str, extractor: str, count: int) -> str:
     """Key of cached real-image features and statistics: one per split, extractor and sample count."""
     return f"datasets/{fingerprint}/evaluator/reference/{split}-{extractor}-{count}.npz"
+
+
+def promoted_samples_key(run_id: str) -> str:
+    """Key of the sample grid that the example consumer DAG draws from a promoted generator."""
+    return f"models/samples/{run_id}.png"

@@ -7,8 +7,9 @@ set -euo pipefail
 venv="${1:-.venv}"
 extras="${2:-test}"
 # docker-compose only validates docker/docker-compose.yaml in the tests; no engine is needed.
-# chromium renders report.html in a test; without it that test is skipped.
-debian_packages=(dataset-fashion-mnist docker-compose chromium)
+# chromium renders report.html and drives the Airflow UI in tests; postgresql is the
+# metadata database of the real Airflow services test.
+debian_packages=(dataset-fashion-mnist docker-compose postgresql chromium chromium-driver)
 
 missing=()
 for package in "${debian_packages[@]}"; do

@@ -386,6 +386,9 @@ def test_airflow_services_share_settings(services):
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
         "GAN_PIPELINE_STORE_URI",
         "GAN_PIPELINE_TRAINING_QUEUE",
+        "GAN_PIPELINE_TRAINING_POOL",
+        "GAN_PIPELINE_SCHEDULE",
+        "GAN_PIPELINE_STORE_AWS_CONN_ID",
         "AIRFLOW_CONN_GAN_STORE",
     )
     reference = services["airflow-apiserver"]["environment"]
@@ -424,13 +427,19 @@ def test_store_connection_resolves_to_minio(services, monkeypatch):
     assert credentials.secret_key == services["minio"]["environment"]["MINIO_ROOT_PASSWORD"]
 
 
-def test_worker_default_credentials_match_minio(services):
-    for name in WORKERS:
+def test_runs_default_to_store_connection(services):
+    for name in AIRFLOW_SERVICES:
         environment = services[name]["environment"]
 
-        assert environment["AWS_ACCESS_KEY_ID"] == services["minio"]["environment"]["MINIO_ROOT_USER"], name
-        assert environment["AWS_SECRET_ACCESS_KEY"] == services["minio"]["environment"]["MINIO_ROOT_PASSWORD"], name
-        assert environment["AWS_ENDPOINT_URL_S3"] == "http://minio:9000", name
+        assert environment["GAN_PIPELINE_STORE_AWS_CONN_ID"] == "gan_store", name
+        assert "AIRFLOW_CONN_GAN_STORE" in environment, name
+
+
+def test_store_credentials_only_in_connection(services):
+    for name in AIRFLOW_SERVICES:
+        environment = services[name]["environment"]
+
+        assert [key for key in environment if key.startswith("AWS_")] == [], name
 
 
 def test_dag_routes_training_to_gpu_worker(services):
@@ -443,14 +452,14 @@ def test_dag_routes_training_to_gpu_worker(services):
             "train_gan": dag.get_task("train_gan").queue,
             "evaluate": dag.get_task("evaluate").queue,
             "store_uri": dag.params.get_param("store_uri").value,
+            "store_aws_conn_id": dag.params.get_param("store_aws_conn_id").value,
+            "pool": dag.get_task("train_gan").pool,
+            "schedule": dag.schedule,
         }}))
         """
     )
-    env = {
-        **os.environ,
-        "GAN_PIPELINE_TRAINING_QUEUE": environment["GAN_PIPELINE_TRAINING_QUEUE"],
-        "GAN_PIPELINE_STORE_URI": environment["GAN_PIPELINE_STORE_URI"],
-    }
+    settings = ("TRAINING_QUEUE", "TRAINING_POOL", "SCHEDULE", "STORE_URI", "STORE_AWS_CONN_ID")
+    env = {**os.environ, **{f"GAN_PIPELINE_{name}": environment[f"GAN_PIPELINE_{name}"] for name in settings}}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     parsed = json.loads(result.stdout.strip().splitlines()[-1])
@@ -459,6 +468,9 @@ def test_dag_routes_training_to_gpu_worker(services):
     assert parsed["train_gan"] == gpu_command[gpu_command.index("--queues") + 1]
     assert parsed["evaluate"] == "default"
     assert parsed["store_uri"] == environment["GAN_PIPELINE_STORE_URI"]
+    assert parsed["store_aws_conn_id"] == "gan_store"
+    assert parsed["pool"] == services["airflow-init"]["environment"]["GAN_PIPELINE_TRAINING_POOL"]
+    assert parsed["schedule"] == "0 2 * * *"
 
 
 def test_init_script_rejects_placeholder_secrets(env_example, tmp_path):
@@ -493,4 +505,25 @@ def test_init_script_hands_over_to_entrypoint(tmp_path):
     result, calls = run_init_script(valid_secrets(), tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert calls.read_text().strip() == "airflow db check-migrations --migration-wait-timeout 60"
+    command = calls.read_text().strip()
+    assert command.startswith("bash -c airflow db check-migrations --migration-wait-timeout 60 && airflow pools set")
+    assert command.endswith("airflow-init default_pool 1")
+
+
+def test_init_script_creates_training_pool(tmp_path):
+    env = {**valid_secrets(), "GAN_PIPELINE_TRAINING_POOL": "gpu", "GAN_PIPELINE_TRAINING_POOL_SLOTS": "2"}
+
+    result, calls = run_init_script(env, tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert calls.read_text().strip().endswith("airflow-init gpu 2")
+
+
+def test_init_script_rejects_invalid_pool_slots(tmp_path):
+    env = {**valid_secrets(), "GAN_PIPELINE_TRAINING_POOL_SLOTS": "all"}
+
+    result, calls = run_init_script(env, tmp_path)
+
+    assert result.returncode == 1
+    assert "GAN_PIPELINE_TRAINING_POOL_SLOTS in docker/.env is invalid" in result.stderr
+    assert not calls.exists()
