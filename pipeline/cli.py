@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from pipeline.config import FLAT_SETTINGS, DEFAULT_HOME
 from pipeline.errors import PipelineError
+from pipeline.presets import PRESET_KEY, PRESETS, resolve_preset
 
 log = logging.getLogger("pipeline")
 
@@ -23,6 +24,11 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (default: the value in --config, else the built-in default)")
     group.add_argument("--config", type=Path, help="YAML file of settings with the flag names as keys")
     group.add_argument("--cache-dir", help="local cache directory for shards and models")
+    group.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="fill the settings left at their default from a preset, as the DAG's 'preset' Param does",
+    )
     for key, (_, _, kind) in FLAT_SETTINGS.items():
         flag = "--" + key.replace("_", "-")
         # Values stay strings here; PipelineConfig validates and converts them with named errors.
@@ -33,11 +39,11 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if args.config is not None:
         values.update(_read_yaml(args.config))
-    for key in [*FLAT_SETTINGS, "cache_dir"]:
+    for key in [*FLAT_SETTINGS, "cache_dir", PRESET_KEY]:
         value = getattr(args, key, None)
         if value is not None:
             values[key] = value
-    return values
+    return resolve_preset(values)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -54,3 +54,25 @@ def test_cli_settings_file_must_be_mapping(tmp_path):
 
     assert result.returncode == 2
     assert "mapping" in result.stderr
+
+
+def test_cli_preset_fills_unset_settings(tmp_path, fashion_mnist_dir):
+    result = run_cli(
+        "prepare",
+        "--preset", "smoke",
+        "--max-test-examples", "100",
+        "--store-uri", str(tmp_path / "store"),
+        "--cache-dir", str(tmp_path / "cache"),
+    )
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["num_train"] == 512
+    assert summary["num_test"] == 100
+
+
+def test_cli_unknown_preset_is_rejected():
+    result = run_cli("prepare", "--preset", "fast")
+
+    assert result.returncode == 2
+    assert "fast" in result.stderr
