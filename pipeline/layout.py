@@ -59,3 +59,9 @@ TRAIN_JSON = "train.json"  # written last by the train step: without it, trainin
 # Objects that the evaluate step writes under runs/<run_id>/; report.json is written last.
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
+
+# More objects of the train step under runs/<run_id>/. generator.keras is the EMA generator.
+GENERATOR_RAW_FILE = "generator_raw.keras"  # the generator's own weights, without the moving average
+GENERATOR_SAVEDMODEL_DIR = "generator_savedmodel"  # TensorFlow SavedModel of the EMA generator, for serving
+GENERATOR_REFERENCE_FILE = "generator_reference.npz"  # 4 latents and the uint8 images generated from them
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files: losses, images/s, sample grids
