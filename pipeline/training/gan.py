@@ -107,8 +107,9 @@ class GAN(keras.Model):
 
             generated_logits = self.discriminator(generated_images, training=True)
             g_loss = self._average(losses.generator_loss(self.loss_name, generated_logits), real_images)
+            scaled_g_loss = self.g_optimizer.scale_loss(g_loss)
 
-        self._apply(self.g_optimizer, g_tape, g_loss, self.generator.trainable_variables)
+        self._apply(self.g_optimizer, g_tape, scaled_g_loss, self.generator.trainable_variables)
         return {"d_loss": d_loss, "g_loss": g_loss}
 
     def finish_step(self, d_loss, g_loss) -> dict[str, tf.Tensor]:
@@ -151,14 +152,16 @@ class GAN(keras.Model):
                 penalty = losses.gradient_penalty(self.discriminator, real_images, generated_images, seed)
                 per_example += self.gp_weight * penalty
             d_loss = self._average(per_example, real_images)
+            scaled_d_loss = self.d_optimizer.scale_loss(d_loss)
 
-        self._apply(self.d_optimizer, tape, d_loss, self.discriminator.trainable_variables)
+        self._apply(self.d_optimizer, tape, scaled_d_loss, self.discriminator.trainable_variables)
         return d_loss
 
-    def _apply(self, optimizer, tape, loss, variables) -> None:
-        # scale_loss multiplies by the loss scale of a LossScaleOptimizer (float16), which divides the
-        # gradients by it again in apply_gradients and skips a step whose gradients overflowed.
-        gradients = tape.gradient(optimizer.scale_loss(loss), variables)
+    def _apply(self, optimizer, tape, scaled_loss, variables) -> None:
+        # scaled_loss is optimizer.scale_loss(loss), recorded on the tape: a LossScaleOptimizer (float16)
+        # multiplies by its loss scale, divides the gradients by it again in apply_gradients and skips a
+        # step whose gradients overflowed. Other optimizers return the loss unchanged.
+        gradients = tape.gradient(scaled_loss, variables)
         optimizer.apply_gradients(zip(gradients, variables))
 
     def _average(self, per_example_loss, real_images):

@@ -130,7 +130,7 @@ def train_gan(
 def build_gan(train: TrainConfig, height: int, width: int, channels: int, strategy=None):
     """Build and compile the GAN for images of height x width x channels with Adam optimizers.
 
-    The networks, the EMA generator and the optimizers are created in `strategy`'s scope (the
+    The networks, the EMA generator and the optimizers with their slots are created in `strategy`'s scope (the
     default strategy when None), under the dtype policy of `train.mixed_precision`: float32,
     mixed_bfloat16, or mixed_float16 with a keras.optimizers.LossScaleOptimizer around both
     optimizers. The global dtype policy is restored afterwards.
@@ -159,8 +159,13 @@ def build_gan(train: TrainConfig, height: int, width: int, channels: int, strate
                 ema_decay=train.ema_decay,
                 global_batch_size=train.batch_size,
             )
-            gan.compile(d_optimizer=_make_optimizer(train, train.discriminator_learning_rate),
-                        g_optimizer=_make_optimizer(train, train.generator_learning_rate))
+            gan.compile(
+                d_optimizer=_make_optimizer(train, train.discriminator_learning_rate),
+                g_optimizer=_make_optimizer(train, train.generator_learning_rate),
+            )
+            # Slots are created here, in the strategy's scope, not lazily inside the compiled step.
+            gan.d_optimizer.build(discriminator.trainable_variables)
+            gan.g_optimizer.build(generator.trainable_variables)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     return gan
