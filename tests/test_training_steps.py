@@ -256,3 +256,18 @@ def test_replica_batch_size_rejects_uneven_split():
     assert replica_batch_size(64, strategy) == 64
     with pytest.raises(ConfigError, match="batch_size"):
         replica_batch_size(65, type("TwoReplicas", (), {"num_replicas_in_sync": 2})())
+
+
+class _NoCheckpoints:
+    last_saved_step = 4
+
+
+def test_guard_names_network_with_non_finite_weights():
+    from pipeline.errors import TrainingError
+    from pipeline.training.callbacks import NonFiniteGuard
+
+    logs = {"d_loss": 1.3, "g_loss": 0.7, "generator_finite": False, "discriminator_finite": True}
+
+    with pytest.raises(TrainingError, match="generator's weights contain NaN or infinity at step 6") as raised:
+        NonFiniteGuard("guarded", _NoCheckpoints()).on_step_end(6, logs)
+    assert "latest checkpoint is at step 4" in str(raised.value)
