@@ -271,3 +271,24 @@ def test_guard_names_network_with_non_finite_weights():
     with pytest.raises(TrainingError, match="generator's weights contain NaN or infinity at step 6") as raised:
         NonFiniteGuard("guarded", _NoCheckpoints()).on_step_end(6, logs)
     assert "latest checkpoint is at step 4" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("loss", "lsgan"), ("mixed_precision", "float8"), ("distribution", "tpu"), ("ema_decay", 1.0), ("d_steps_per_g_step", 0)],
+)
+def test_config_rejects_bad_training_option(key, value):
+    from pipeline.config import PipelineConfig
+
+    with pytest.raises(ConfigError, match=key):
+        PipelineConfig.from_mapping({key: value})
+
+
+def test_config_reads_training_options():
+    from pipeline.config import PipelineConfig
+
+    config = PipelineConfig.from_mapping({"loss": "wgan_gp", "jit_compile": "true", "keep_checkpoints": "3"})
+
+    assert config.train.loss == "wgan_gp"
+    assert config.train.jit_compile is True
+    assert config.train.keep_checkpoints == 3

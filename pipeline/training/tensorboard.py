@@ -35,6 +35,8 @@ class TensorBoardWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.writer = tf.summary.create_file_writer(str(self.directory))
 
+    # NOTE: an attempt killed after its last checkpoint leaves events for steps that the next attempt
+    # trains again, so TensorBoard can show two values at those steps (metrics.jsonl drops them).
     def write_scalars(self, step: int, values: dict[str, float | None]) -> None:
         """Write each non-None value as a scalar at `step`, then upload."""
         with self.writer.as_default(step=step):

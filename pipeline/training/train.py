@@ -197,8 +197,8 @@ def make_step_function(gan, strategy=None, jit_compile: bool = False):
     import tensorflow as tf
 
     strategy = strategy or tf.distribute.get_strategy()
-    # NOTE: XLA compiles the per-replica step only; under MirroredStrategy the optimizers'
-    # cross-replica merge_call cannot run inside an XLA cluster, so use jit_compile with one replica.
+    # NOTE: XLA compiles the per-replica step only, and jit_compile is tested with one replica on CPU.
+    # Whether the optimizers' cross-replica merge_call works inside it under MirroredStrategy is untested.
     replica_step = tf.function(gan.replica_step, jit_compile=True) if jit_compile else gan.replica_step
 
     @tf.function
