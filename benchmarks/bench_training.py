@@ -70,7 +70,7 @@ def adam():
 
 
 class Timer:
-    """Seconds per step over a timed window, after WARMUP_STEPS untimed steps."""
+    """A stopwatch that turns a timed window of steps into images per second."""
 
     def __init__(self):
         self.started = None

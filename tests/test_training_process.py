@@ -239,7 +239,8 @@ values, fingerprint = json.loads(sys.argv[1]), sys.argv[2]
 store = LocalStore(values["store_uri"])
 result = train_gan(PipelineConfig.from_mapping(values), store, fingerprint, "mirrored")
 latest = store.get_json("runs/mirrored/checkpoints/latest.json")
-print(json.dumps({**result, "replicas": len(tf.config.list_logical_devices("CPU")), "checkpoint": latest["step"]}))
+summary = store.get_json("runs/mirrored/train.json")
+print(json.dumps({**result, "replicas": summary["replicas"], "checkpoint": latest["step"]}))
 """
 
 

@@ -165,7 +165,7 @@ def test_step_variants_keep_losses_finite(settings):
     assert bool(results["generator_finite"])
 
 
-def test_wgan_gp_makes_d_steps_per_g_step_updates():
+def test_wgan_gp_counts_discriminator_updates():
     gan = _tiny_gan(loss="wgan_gp", d_steps_per_g_step=3)
 
     make_step_function(gan)(_real_batch())

@@ -355,6 +355,7 @@ def _train_run(
         "g_loss": logs["g_loss"],
         "images_per_second": None if images_per_second is None else round(images_per_second, 1),
         "resumed_from_step": start_step,
+        "replicas": strategy.num_replicas_in_sync,
         **exported,
         "train_settings": asdict(config.train),
     }
