@@ -135,6 +135,30 @@ PARAMS = {
     "checkpoint_every": Param(500, type="integer", minimum=1, description="Steps between checkpoints."),
     "log_every": Param(100, type="integer", minimum=1, description="Steps between progress log lines."),
     "beta_1": Param(0.5, type="number", minimum=0, exclusiveMaximum=1, description="Adam beta_1 of both optimizers."),
+    "loss": Param(
+        "non_saturating",
+        type="string",
+        enum=["non_saturating", "hinge", "wgan_gp"],
+        description="GAN loss: non_saturating (BCE on logits), hinge, or wgan_gp (Wasserstein with gradient penalty).",
+    ),
+    "gp_weight": Param(10.0, type="number", minimum=0, description="Gradient penalty weight of wgan_gp."),
+    "d_steps_per_g_step": Param(
+        1, type="integer", minimum=1, maximum=10, description="Discriminator updates per generator update."
+    ),
+    "ema_decay": Param(
+        0.999, type="number", minimum=0, exclusiveMaximum=1, description="Decay of the generator weights' moving average."
+    ),
+    "keep_checkpoints": Param(2, type="integer", minimum=1, description="Newest checkpoints kept in the store."),
+    "mixed_precision": Param(
+        "none", type="string", enum=["none", "bfloat16", "float16"], description="Compute dtype of both networks."
+    ),
+    "jit_compile": Param(False, type="boolean", description="Compile the train step with XLA."),
+    "distribution": Param(
+        "auto",
+        type="string",
+        enum=["auto", "default", "mirrored", "multi_worker"],
+        description="tf.distribute strategy; auto picks multi_worker from TF_CONFIG, mirrored for several GPUs.",
+    ),
     "store_uri": Param(DEFAULT_STORE_URI, type="string", minLength=1, description="Local directory or s3://bucket/prefix."),
     "store_endpoint_url": Param(
         None, type=["null", "string"], description="S3-compatible endpoint such as http://minio:9000."

@@ -54,6 +54,14 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 100
+    loss: str = "non_saturating"
+    gp_weight: float = 10.0
+    d_steps_per_g_step: int = 1
+    ema_decay: float = 0.999
+    keep_checkpoints: int = 2
+    mixed_precision: str = "none"
+    jit_compile: bool = False
+    distribution: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -218,6 +226,11 @@ def _positive(value: float) -> bool:
     return value > 0
 
 
+LOSSES = ("non_saturating", "hinge", "wgan_gp")
+MIXED_PRECISION_MODES = ("none", "bfloat16", "float16")
+DISTRIBUTIONS = ("auto", "default", "mirrored", "multi_worker")
+
+
 _RULES = [
     ("records_per_shard", "must be a positive integer", _positive),
     ("max_train_examples", "must be a positive integer or unset", _positive),
@@ -238,6 +251,13 @@ _RULES = [
     ("seed", "must be a non-negative integer", lambda v: v >= 0),
     ("checkpoint_every", "must be a positive number of steps", _positive),
     ("log_every", "must be a positive number of steps", _positive),
+    ("loss", f"must be one of {', '.join(LOSSES)}", lambda v: v in LOSSES),
+    ("gp_weight", "must be a non-negative number", lambda v: v >= 0),
+    ("d_steps_per_g_step", "must be between 1 and 10", lambda v: 1 <= v <= 10),
+    ("ema_decay", "must be in [0, 1)", lambda v: 0 <= v < 1),
+    ("keep_checkpoints", "must be a positive integer", _positive),
+    ("mixed_precision", f"must be one of {', '.join(MIXED_PRECISION_MODES)}", lambda v: v in MIXED_PRECISION_MODES),
+    ("distribution", f"must be one of {', '.join(DISTRIBUTIONS)}", lambda v: v in DISTRIBUTIONS),
     ("num_samples", "must be at least 2 (FID needs a covariance)", lambda v: v >= 2),
     ("kid_subset_size", "must be at least 2", lambda v: v >= 2),
     ("kid_subsets", "must be a positive integer", _positive),

@@ -60,6 +60,12 @@ TRAIN_JSON = "train.json"  # written last by the train step: without it, trainin
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 
+# More objects of the train step under runs/<run_id>/. generator.keras is the EMA generator.
+GENERATOR_RAW_FILE = "generator_raw.keras"  # the generator's own weights, without the moving average
+GENERATOR_SAVEDMODEL_DIR = "generator_savedmodel"  # TensorFlow SavedModel of the EMA generator, for serving
+GENERATOR_REFERENCE_FILE = "generator_reference.npz"  # 4 latents and the uint8 images generated from them
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files: losses, images/s, sample grids
+
 
 def reference_stats_key(fingerprint: str, split: str, extractor: str, count: int) -> str:
     """Key of cached real-image features and statistics: one per split, extractor and sample count."""

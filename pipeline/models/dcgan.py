@@ -83,7 +83,10 @@ def build_generator(latent_dim: int, height: int, width: int, channels: int) -> 
         )(x)
         x = _normalize_and_activate(x, f"upsample_{block}")
 
-    generated_images = layers.Conv2D(channels, 5, padding="same", activation="tanh", name="to_image")(x)
+    # float32 output under any mixed-precision policy, so images and losses keep full precision.
+    generated_images = layers.Conv2D(
+        channels, 5, padding="same", activation="tanh", dtype="float32", name="to_image"
+    )(x)
     return keras.Model(latent, generated_images, name="generator")
 
 
@@ -114,7 +117,7 @@ def build_discriminator(height: int, width: int, channels: int, dropout_rate: fl
             x = layers.Dropout(dropout_rate, name=f"downsample_{block}_dropout")(x)
 
     x = layers.Flatten(name="flatten")(x)
-    logits = layers.Dense(1, name="logits")(x)
+    logits = layers.Dense(1, dtype="float32", name="logits")(x)
     return keras.Model(images, logits, name="discriminator")
 
 

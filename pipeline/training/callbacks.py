@@ -24,12 +24,16 @@ from pipeline.training.checkpoints import RunCheckpoints
 from pipeline.training.samples import write_sample_grid
 
 if TYPE_CHECKING:
+    from pipeline.training.tensorboard import TensorBoardWriter
     from pipeline.training.gan import GAN
     from pipeline.training.train import TrainingPlan
 
 log = logging.getLogger(__name__)
 
 LOSS_NAMES = ("d_loss", "g_loss")
+
+# Flags in `logs`: whether every trainable weight of that network is finite after the step.
+FLAG_NAMES = ("generator_finite", "discriminator_finite")
 
 
 class TrainingCallback:
@@ -48,11 +52,12 @@ class TrainingCallback:
         """Called once after the last step, also when this attempt ran no step."""
 
 
-class NonFiniteLossGuard(TrainingCallback):
-    """Raise TrainingError at the first step whose d_loss or g_loss is NaN or infinite.
+class NonFiniteGuard(TrainingCallback):
+    """Raise TrainingError at the first step with a NaN or infinite d_loss, g_loss or weight.
 
     The running means are finite up to the step before, so the first non-finite mean names the
-    step whose loss broke. It runs before the checkpoint callback, so that step is never saved.
+    step whose loss broke. It runs before the checkpoint callback, so that step is never saved
+    and the latest checkpoint stays the last good one.
     """
 
     def __init__(self, run_id: str, checkpoints: RunCheckpoints):
@@ -62,16 +67,23 @@ class NonFiniteLossGuard(TrainingCallback):
     def on_step_end(self, step: int, logs: dict[str, float]) -> None:
         for name in LOSS_NAMES:
             if not math.isfinite(logs[name]):
-                last_step = self.checkpoints.last_saved_step
-                if last_step is None:
-                    checkpoint_state = "no checkpoint was written yet"
-                else:
-                    checkpoint_state = f"the latest checkpoint is at step {last_step}"
-                raise TrainingError(
-                    f"run {self.run_id}: {name} is {logs[name]} at step {step}, so training stopped and "
-                    f"{checkpoint_state}. Lower generator_learning_rate or discriminator_learning_rate and "
-                    "train again with a new run_id"
-                )
+                self._raise(f"{name} is {logs[name]} at step {step}")
+        for name in FLAG_NAMES:
+            if not logs.get(name, True):
+                network = name.removesuffix("_finite")
+                self._raise(f"the {network}'s weights contain NaN or infinity at step {step} (d_loss "
+                            f"{logs['d_loss']}, g_loss {logs['g_loss']})")
+
+    def _raise(self, problem: str) -> None:
+        last_step = self.checkpoints.last_saved_step
+        if last_step is None:
+            checkpoint_state = "no checkpoint was written yet"
+        else:
+            checkpoint_state = f"the latest checkpoint is at step {last_step}"
+        raise TrainingError(
+            f"run {self.run_id}: {problem}, so training stopped and {checkpoint_state}. Lower "
+            "generator_learning_rate or discriminator_learning_rate and train again with a new run_id"
+        )
 
 
 class MetricsLog:
@@ -106,11 +118,19 @@ class ProgressLogger(TrainingCallback):
 
     images_per_second covers the steps since the previous line. Timing starts at the end of this
     attempt's first step, so tracing the step function does not count. The rate is None for an
-    interval without a timed step.
+    interval without a timed step. The same values go to `tensorboard` when given.
     """
 
-    def __init__(self, run_id: str, plan: TrainingPlan, log_every: int, metrics: MetricsLog):
+    def __init__(
+        self,
+        run_id: str,
+        plan: TrainingPlan,
+        log_every: int,
+        metrics: MetricsLog,
+        tensorboard: TensorBoardWriter | None = None,
+    ):
         self.run_id = run_id
+        self.tensorboard = tensorboard
         self.plan = plan
         self.log_every = log_every
         self.metrics = metrics
@@ -148,15 +168,16 @@ class ProgressLogger(TrainingCallback):
             self.run_id, step, self.plan.total_steps, epoch, self.plan.num_epochs,
             logs["d_loss"], logs["g_loss"], "-" if images_per_second is None else f"{images_per_second:.0f}", eta,
         )
-        self.metrics.append(
-            {
-                "step": step,
-                "epoch": epoch,
-                "d_loss": logs["d_loss"],
-                "g_loss": logs["g_loss"],
-                "images_per_second": None if images_per_second is None else round(images_per_second, 1),
-            }
-        )
+        row = {
+            "step": step,
+            "epoch": epoch,
+            "d_loss": logs["d_loss"],
+            "g_loss": logs["g_loss"],
+            "images_per_second": None if images_per_second is None else round(images_per_second, 1),
+        }
+        self.metrics.append(row)
+        if self.tensorboard is not None:
+            self.tensorboard.write_scalars(step, {name: row[name] for name in ("d_loss", "g_loss", "images_per_second")})
 
         self.gan.reset_metrics()
         self.mark_step, self.mark_time = step, now
@@ -180,14 +201,23 @@ class PeriodicCheckpoint(TrainingCallback):
 
 
 class SampleGrids(TrainingCallback):
-    """Upload samples/epoch-NNNN.png after each epoch, or only at the end when training by steps.
+    """Upload samples/epoch-NNNN.png of the EMA generator after each epoch, or only at the end when training by steps.
 
     At the end the grid of the last epoch reached is written if it is missing, which also covers
     an attempt that stopped between its last checkpoint and the grid.
     """
 
-    def __init__(self, store: ArtifactStore, run_id: str, plan: TrainingPlan, latents: np.ndarray, work_dir: Path):
+    def __init__(
+        self,
+        store: ArtifactStore,
+        run_id: str,
+        plan: TrainingPlan,
+        latents: np.ndarray,
+        work_dir: Path,
+        tensorboard: TensorBoardWriter | None = None,
+    ):
         self.store = store
+        self.tensorboard = tensorboard
         self.run_id = run_id
         self.plan = plan
         self.latents = latents
@@ -199,17 +229,20 @@ class SampleGrids(TrainingCallback):
 
     def on_epoch_end(self, epoch: int, step: int, logs: dict[str, float]) -> None:
         if not self.plan.by_steps:
-            self._write(epoch)
+            self._write(epoch, step)
 
     def on_train_end(self, step: int, logs: dict[str, float]) -> None:
         epoch = self.plan.epoch_of(step)
         if not self.store.exists(sample_key(self.run_id, epoch)):
-            self._write(epoch)
+            self._write(epoch, step)
 
-    def _write(self, epoch: int) -> None:
+    def _write(self, epoch: int, step: int) -> None:
         key = sample_key(self.run_id, epoch)
-        path = write_sample_grid(self.gan.generator, self.latents, self.work_dir / "samples" / f"epoch-{epoch:04d}.png")
+        path = self.work_dir / "samples" / f"epoch-{epoch:04d}.png"
+        write_sample_grid(self.gan.ema_generator, self.latents, path)
         self.store.put_file(key, path)
+        if self.tensorboard is not None:
+            self.tensorboard.write_png(step, "samples", path)
         log.info("run %s: wrote sample grid %s", self.run_id, self.store.location(key))
 
 

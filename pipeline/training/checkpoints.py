@@ -6,10 +6,15 @@ Layout under runs/<run_id>/checkpoints/:
     latest.json   {"step", "prefix", "files": {name: sha256}, identity and losses}
 
 `latest.json` is written after the files it names, so a reader never follows it to a partial
-checkpoint. A checkpoint contains both networks with their batch-normalization statistics, both
-optimizers' slots and iteration counters, and the step counter. It also contains the states of
-the random generators of the latent sampler and the dropout layers, so a resumed run draws the
-same random numbers as one that never stopped.
+checkpoint. A checkpoint contains both networks with their batch-normalization statistics, the EMA
+generator, both optimizers' slots and iteration counters (and loss scales, for float16), and the
+loop's step counter. It also contains the GAN's own step counter, which seeds its stateless
+random draws, and the seed states of the dropout layers, so a resumed run draws the same random numbers as one
+that never stopped.
+
+Writing is atomic per checkpoint: the files are uploaded under a new prefix first, and only then
+does latest.json move to it. A process killed at any point leaves latest.json naming a complete
+checkpoint, or no latest.json at all.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_NAME = "latest.json"
 
-# Checkpoints kept in the store, newest first; older ones are deleted after latest.json moves on.
+# Default number of checkpoints kept in the store; older ones are deleted after latest.json moves on.
 KEEP_CHECKPOINTS = 2
 
 
@@ -46,17 +51,22 @@ def make_checkpoint(gan: GAN) -> tf.train.Checkpoint:
         step=tf.Variable(0, dtype=tf.int64, trainable=False),
         generator=gan.generator,
         discriminator=gan.discriminator,
+        ema_generator=gan.ema_generator,
         g_optimizer=gan.g_optimizer,
         d_optimizer=gan.d_optimizer,
-        latent_seed=gan.latent_seed.state,
+        step_counter=gan.step_counter,
         # Dropout seed states are Keras variables that tf.train.Checkpoint does not reach through
         # the layers; listing every non-trainable variable tracks them (and the BN statistics again).
-        non_trainable=gan.generator.non_trainable_variables + gan.discriminator.non_trainable_variables,
+        non_trainable=(
+            gan.generator.non_trainable_variables
+            + gan.discriminator.non_trainable_variables
+            + gan.ema_generator.non_trainable_variables
+        ),
     )
 
 
 class RunCheckpoints:
-    """Save and restore the checkpoints of run `run_id`, staging files in `work_dir`.
+    """Save and restore the checkpoints of run `run_id`, staging files in `work_dir`, keeping the `keep` newest.
 
     `identity` (dataset fingerprint, shapes, batch size) is stored with every checkpoint, and a
     restore raises TrainingError when the current run's identity differs, because the step
@@ -70,8 +80,10 @@ class RunCheckpoints:
         checkpoint: tf.train.Checkpoint,
         work_dir: Path,
         identity: dict[str, Any],
+        keep: int = KEEP_CHECKPOINTS,
     ):
         self.store = store
+        self.keep = keep
         self.run_id = run_id
         self.checkpoint = checkpoint
         self.work_dir = Path(work_dir) / CHECKPOINTS_DIR
@@ -155,7 +167,8 @@ class RunCheckpoints:
                 )
 
     def _check_finite(self, step: int) -> None:
-        for variable in self.checkpoint.generator.variables + self.checkpoint.discriminator.variables:
+        networks = (self.checkpoint.generator, self.checkpoint.discriminator, self.checkpoint.ema_generator)
+        for variable in [variable for network in networks for variable in network.variables]:
             if tf.as_dtype(variable.dtype).is_floating and not bool(tf.reduce_all(tf.math.is_finite(variable))):
                 raise TrainingError(
                     f"run {self.run_id}: variable {variable.path} contains NaN or infinity at step {step}, so no "
@@ -164,14 +177,14 @@ class RunCheckpoints:
                 )
 
     def _delete_old(self, keep_from: int) -> None:
-        """Delete checkpoint files older than the KEEP_CHECKPOINTS newest, which end at `keep_from`."""
+        """Delete checkpoint files older than the `keep` newest, which end at `keep_from`."""
         prefixes = {}
         for info in self.store.list(run_key(self.run_id, f"{CHECKPOINTS_DIR}/ckpt-")):
             name = info.key.rsplit("/", 1)[-1]
             prefixes.setdefault(name.split(".", 1)[0], []).append(info.key)
 
         candidates = [prefix for prefix in prefixes if int(prefix.removeprefix("ckpt-")) <= keep_from]
-        newest = sorted(candidates, reverse=True)[:KEEP_CHECKPOINTS]
+        newest = sorted(candidates, reverse=True)[: self.keep]
         for prefix, keys in prefixes.items():
             if prefix not in newest:
                 for key in keys:

@@ -5,20 +5,34 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from pipeline.training import losses
+from pipeline.training.ema import ema_decay_at, make_ema_generator, update_ema
+
+# Stream ids folded into the random seed, so each random draw of a step has its own stream.
+_LATENT_STREAM = 0
+_PENALTY_STREAM = 1
+
 
 class GAN(keras.Model):
-    """A generator and a discriminator trained against each other, one update of each per step.
+    """A generator and a discriminator trained against each other, plus an EMA of the generator.
 
-    With D the discriminator's logits, D' the discriminator after this step's update, G the
-    generator, x real_images, z a batch of standard normal latents and BCE the mean binary
-    cross-entropy on logits:
+    One step makes `d_steps_per_g_step` discriminator updates, then one generator update. The
+    generator pass of the last discriminator update also serves the generator update, whose loss
+    is computed against the just-updated discriminator. With D the discriminator's logits, D' the
+    discriminator after its update, G the generator, x real_images and z standard normal latents,
+    the default `non_saturating` loss is
 
-        d_loss = BCE(1, D(x)) + BCE(0, D(G(z)))
-        g_loss = BCE(1, D'(G(z)))
+        d_loss = mean(softplus(-D(x)) + softplus(D(G(z))))      (binary cross-entropy, labels 1 and 0)
+        g_loss = mean(softplus(-D'(G(z))))
 
-    g_loss is the non-saturating generator loss: it gives the generator
-    strong gradients while the discriminator still wins easily. At the equilibrium where D outputs
-    1/2 everywhere, d_loss = 2 ln 2 = 1.386 and g_loss = ln 2 = 0.693.
+    At the equilibrium where D outputs 1/2 everywhere, d_loss = 2 ln 2 = 1.386 and
+    g_loss = ln 2 = 0.693. `hinge` and `wgan_gp` are described in pipeline.training.losses.
+
+    Losses are averaged over `global_batch_size` examples (the batch of all replicas together)
+    with tf.nn.compute_average_loss, so under tf.distribute each replica's gradients sum to the
+    gradient of the global batch mean. Random draws (latents, penalty interpolation weights)
+    are stateless, seeded by (seed, step, stream, replica), so they depend only on the step
+    counter, which the checkpoint restores.
     """
 
     def __init__(
@@ -27,14 +41,26 @@ class GAN(keras.Model):
         discriminator: keras.Model,
         latent_dim: int,
         seed: int | None = None,
+        loss: str = "non_saturating",
+        gp_weight: float = 10.0,
+        d_steps_per_g_step: int = 1,
+        ema_decay: float = 0.999,
+        global_batch_size: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.generator = generator
         self.discriminator = discriminator
+        self.ema_generator = make_ema_generator(generator)
         self.latent_dim = latent_dim
-        self.latent_seed = keras.random.SeedGenerator(seed)
-        self.bce = keras.losses.BinaryCrossentropy(from_logits=True)
+        self.seed = 0 if seed is None else int(seed)
+        self.loss_name = loss
+        self.gp_weight = float(gp_weight)
+        self.d_steps_per_g_step = int(d_steps_per_g_step)
+        self.ema_decay = float(ema_decay)
+        self.global_batch_size = global_batch_size
+        # Steps finished so far: the seed of the random draws and the EMA warm-up count.
+        self.step_counter = keras.Variable(0, dtype="int64", trainable=False, name="step_counter")
         self.d_loss_tracker = keras.metrics.Mean(name="d_loss")
         self.g_loss_tracker = keras.metrics.Mean(name="g_loss")
 
@@ -52,51 +78,108 @@ class GAN(keras.Model):
     def call(self, latent, training=False):
         return self.generator(latent, training=training)
 
-    def sample_latent(self, batch_size):
-        """Draw a (batch_size, latent_dim) batch of standard normal latents from the model's seed."""
-        return keras.random.normal((batch_size, self.latent_dim), seed=self.latent_seed)
-
     def train_step(self, real_images):
-        """Update the discriminator, then the generator, once; return the running d_loss and g_loss."""
+        """Run one step on one device (keras.Model.fit calls this); return the running d_loss and g_loss."""
         if isinstance(real_images, tuple):
             real_images = real_images[0]
+        step_losses = self.replica_step(real_images)
+        results = self.finish_step(step_losses["d_loss"], step_losses["g_loss"])
+        return {"d_loss": results["d_loss"], "g_loss": results["g_loss"]}
+
+    def replica_step(self, real_images) -> dict[str, tf.Tensor]:
+        """Update both networks on this replica's share of the batch; return its share of d_loss and g_loss.
+
+        Call it once per replica (tf.distribute.Strategy.run); the sum over replicas of each
+        returned loss is the mean over the global batch. Then call finish_step once.
+        """
         batch_size = tf.shape(real_images)[0]
+        for update in range(self.d_steps_per_g_step - 1):
+            generated_images = self.generator(self.sample_latent(batch_size, update), training=True)
+            self.update_discriminator(real_images, generated_images, update)
 
-        # One generator pass serves both updates, which saves a generator forward pass per step.
-        # The outer tape records it for the generator's gradients.
+        last_update = self.d_steps_per_g_step - 1
         with tf.GradientTape() as g_tape:
-            generated_images = self.generator(self.sample_latent(batch_size), training=True)
+            generated_images = self.generator(self.sample_latent(batch_size, last_update), training=True)
 
-            # Discriminator update, kept off the generator's tape.
+            # The discriminator update stays off the generator's tape.
             with g_tape.stop_recording():
-                d_loss = self._update_discriminator(real_images, generated_images)
+                d_loss = self.update_discriminator(real_images, generated_images, last_update)
 
-            # Generator loss: the same generated_images, labelled 1 ("real"), against the updated discriminator.
             generated_logits = self.discriminator(generated_images, training=True)
-            g_loss = self.bce(tf.ones_like(generated_logits), generated_logits)
+            g_loss = self._average(losses.generator_loss(self.loss_name, generated_logits), real_images)
+            scaled_g_loss = self.g_optimizer.scale_loss(g_loss)
 
-        gradients = g_tape.gradient(g_loss, self.generator.trainable_variables)
-        self.g_optimizer.apply_gradients(zip(gradients, self.generator.trainable_variables))
+        self._apply(self.g_optimizer, g_tape, scaled_g_loss, self.generator.trainable_variables)
+        return {"d_loss": d_loss, "g_loss": g_loss}
+
+    def finish_step(self, d_loss, g_loss) -> dict[str, tf.Tensor]:
+        """Update the EMA generator, the step counter and the running means, in cross-replica context.
+
+        Returns the running d_loss and g_loss, plus `generator_finite` and `discriminator_finite`:
+        whether every weight of that network is finite after this step.
+        """
+        # NOTE: the EMA update and the all-finite reductions run every step. On a 2-core CPU the whole
+        # step measured 1.25x the Keras fit() loop (benchmarks/bench_training.py), below the 1.3x goal.
+        update_ema(self.ema_generator, self.generator, ema_decay_at(self.ema_decay, self.step_counter))
+        self.step_counter.assign_add(1)
 
         # Running means since the last reset, so a loop can log one value per interval.
         self.d_loss_tracker.update_state(d_loss)
         self.g_loss_tracker.update_state(g_loss)
-        return {"d_loss": self.d_loss_tracker.result(), "g_loss": self.g_loss_tracker.result()}
+        return {
+            "d_loss": self.d_loss_tracker.result(),
+            "g_loss": self.g_loss_tracker.result(),
+            "generator_finite": _all_finite(self.generator.trainable_variables),
+            "discriminator_finite": _all_finite(self.discriminator.trainable_variables),
+        }
 
-    def _update_discriminator(self, real_images, generated_images):
-        """Apply one discriminator update with real_images labelled 1 and generated_images 0; return d_loss.
+    def sample_latent(self, batch_size, stream: int = 0):
+        """Draw (batch_size, latent_dim) standard normal latents for discriminator update `stream` of this step."""
+        seed = self._step_seed(_LATENT_STREAM, stream)
+        return tf.random.stateless_normal((batch_size, self.latent_dim), seed=seed)
+
+    def update_discriminator(self, real_images, generated_images, update: int = 0):
+        """Apply one discriminator update with real_images as real and generated_images as generated; return d_loss.
 
         One call on the concatenated batch is cheaper than two. It gives the same logits only for a
         discriminator without batch normalization, such as the one build_discriminator returns.
         """
         batch_size = tf.shape(real_images)[0]
+        generated_images = tf.cast(generated_images, real_images.dtype)
         with tf.GradientTape() as tape:
             logits = self.discriminator(tf.concat([real_images, generated_images], axis=0), training=True)
-            real_logits, generated_logits = logits[:batch_size], logits[batch_size:]
-            d_loss = self.bce(tf.ones_like(real_logits), real_logits) + self.bce(
-                tf.zeros_like(generated_logits), generated_logits
-            )
+            per_example = losses.discriminator_loss(self.loss_name, logits[:batch_size], logits[batch_size:])
+            if self.loss_name == "wgan_gp":
+                seed = self._step_seed(_PENALTY_STREAM, update)
+                penalty = losses.gradient_penalty(self.discriminator, real_images, generated_images, seed)
+                per_example += self.gp_weight * penalty
+            d_loss = self._average(per_example, real_images)
+            scaled_d_loss = self.d_optimizer.scale_loss(d_loss)
 
-        gradients = tape.gradient(d_loss, self.discriminator.trainable_variables)
-        self.d_optimizer.apply_gradients(zip(gradients, self.discriminator.trainable_variables))
+        self._apply(self.d_optimizer, tape, scaled_d_loss, self.discriminator.trainable_variables)
         return d_loss
+
+    def _apply(self, optimizer, tape, scaled_loss, variables) -> None:
+        # scaled_loss is optimizer.scale_loss(loss), recorded on the tape: a LossScaleOptimizer (float16)
+        # multiplies by its loss scale, divides the gradients by it again in apply_gradients and skips a
+        # step whose gradients overflowed. Other optimizers return the loss unchanged.
+        gradients = tape.gradient(scaled_loss, variables)
+        optimizer.apply_gradients(zip(gradients, variables))
+
+    def _average(self, per_example_loss, real_images):
+        global_batch_size = self.global_batch_size
+        if global_batch_size is None:
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            global_batch_size = tf.shape(real_images)[0] * replicas
+        return tf.nn.compute_average_loss(per_example_loss, global_batch_size=global_batch_size)
+
+    def _step_seed(self, kind: int, stream: int):
+        replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
+        seed = tf.constant([self.seed, 0], dtype=tf.int64)
+        for data in (self.step_counter, kind, stream, replica_id):
+            seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(data, tf.int64))
+        return seed
+
+
+def _all_finite(variables) -> tf.Tensor:
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(variable)) for variable in variables])

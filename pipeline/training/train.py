@@ -4,9 +4,12 @@ Objects written under runs/<run_id>/ in the artifact store:
 
     checkpoints/...          every checkpoint_every steps and after the last step (see checkpoints.py)
     fixed_latents.npy        the 64 latents of every sample grid, written once
-    samples/epoch-NNNN.png   a grid after each epoch, or only after the last step when training by steps
+    samples/epoch-NNNN.png   a grid of the EMA generator after each epoch, or only after the last step
+                             when training by steps
     metrics.jsonl            one row per progress line: step, epoch, d_loss, g_loss, images_per_second
-    generator.keras          the trained generator (Keras 3 format)
+    tensorboard/...          TensorBoard event files with the same scalars and the sample grids
+    generator.keras          the EMA generator (Keras 3 format); generator_raw.keras, generator_savedmodel/
+                             and generator_reference.npz are described in export.py
     train.json               the summary, written last: its presence means training finished
 
 TensorFlow and Keras are imported inside the functions, so importing this module is cheap.
@@ -26,7 +29,7 @@ import numpy as np
 
 from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.errors import DataError, TrainingError
-from pipeline.layout import FIXED_LATENTS_FILE, GENERATOR_FILE, METRICS_FILE, TRAIN_JSON, run_key, safe_run_id
+from pipeline.layout import FIXED_LATENTS_FILE, METRICS_FILE, TRAIN_JSON, run_key, safe_run_id
 from pipeline.storage.base import ArtifactStore
 
 if TYPE_CHECKING:
@@ -95,6 +98,7 @@ def train_gan(
 
     from pipeline.data.fetch import fetch_dataset
     from pipeline.data.reader import steps_per_epoch
+    from pipeline.training.distribute import choose_strategy, replica_batch_size
     from pipeline.training.samples import check_sample_channels
 
     started = time.monotonic()
@@ -102,13 +106,17 @@ def train_gan(
     check_sample_channels(manifest.channels)
     plan = plan_training(config.train, steps_per_epoch(manifest, TRAIN_SPLIT, config.train.batch_size))
     keras.utils.set_random_seed(config.train.seed)
-    gan = build_gan(config.train, manifest.height, manifest.width, manifest.channels)
+    strategy = choose_strategy(config.train.distribution)
+    replica_batch_size(config.train.batch_size, strategy)
+    gan = build_gan(config.train, manifest.height, manifest.width, manifest.channels, strategy)
 
     cache_dir = Path(config.cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f"train-{run_id}-") as scratch:
         epoch_batches = _epoch_batches(directory, manifest, config.train)
-        summary = _train_run(config, store, fingerprint, run_id, gan, plan, epoch_batches, Path(scratch), callbacks)
+        summary = _train_run(
+            config, store, fingerprint, run_id, gan, plan, epoch_batches, Path(scratch), callbacks, strategy
+        )
 
     summary["wall_seconds"] = round(time.monotonic() - started, 1)
     store.put_json(summary_key, summary)
@@ -119,24 +127,88 @@ def train_gan(
     return _result(summary)
 
 
-def build_gan(train: TrainConfig, height: int, width: int, channels: int):
-    """Build and compile the GAN for images of height x width x channels with Adam optimizers."""
+def build_gan(train: TrainConfig, height: int, width: int, channels: int, strategy=None):
+    """Build and compile the GAN for images of height x width x channels with Adam optimizers.
+
+    The networks, the EMA generator and the optimizers with their slots are created in `strategy`'s scope (the
+    default strategy when None), under the dtype policy of `train.mixed_precision`: float32,
+    mixed_bfloat16, or mixed_float16 with a keras.optimizers.LossScaleOptimizer around both
+    optimizers. The global dtype policy is restored afterwards.
+    """
     import keras
+    import tensorflow as tf
 
     from pipeline.models.dcgan import build_discriminator, build_generator
     from pipeline.training.gan import GAN
 
-    generator = build_generator(train.latent_dim, height, width, channels)
-    discriminator = build_discriminator(height, width, channels)
-    gan = GAN(generator, discriminator, train.latent_dim, seed=train.seed)
+    strategy = strategy or tf.distribute.get_strategy()
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(_DTYPE_POLICIES[train.mixed_precision])
+    try:
+        with strategy.scope():
+            generator = build_generator(train.latent_dim, height, width, channels)
+            discriminator = build_discriminator(height, width, channels)
+            gan = GAN(
+                generator,
+                discriminator,
+                train.latent_dim,
+                seed=train.seed,
+                loss=train.loss,
+                gp_weight=train.gp_weight,
+                d_steps_per_g_step=train.d_steps_per_g_step,
+                ema_decay=train.ema_decay,
+                global_batch_size=train.batch_size,
+            )
+            gan.compile(
+                d_optimizer=_make_optimizer(train, train.discriminator_learning_rate),
+                g_optimizer=_make_optimizer(train, train.generator_learning_rate),
+            )
+            # Slots are created here, in the strategy's scope, not lazily inside the compiled step.
+            gan.d_optimizer.build(discriminator.trainable_variables)
+            gan.g_optimizer.build(generator.trainable_variables)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    return gan
+
+
+_DTYPE_POLICIES = {"none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+def _make_optimizer(train: TrainConfig, learning_rate: float):
+    import keras
 
     # beta_1 (0.5 by default, the DCGAN setting of Radford et al. 2015) damps Adam's momentum, which
     # at the usual 0.9 keeps pushing one network after the other has moved and makes the game oscillate.
-    gan.compile(
-        d_optimizer=keras.optimizers.Adam(learning_rate=train.discriminator_learning_rate, beta_1=train.beta_1),
-        g_optimizer=keras.optimizers.Adam(learning_rate=train.generator_learning_rate, beta_1=train.beta_1),
-    )
-    return gan
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate, beta_1=train.beta_1)
+    if train.mixed_precision == "float16":
+        # Dynamic loss scaling keeps small float16 gradients from flushing to zero; a step whose
+        # scaled gradients overflow is skipped and the scale halves.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def make_step_function(gan, strategy=None, jit_compile: bool = False):
+    """Return a compiled function: global batch of real_images -> running losses and finiteness flags.
+
+    Each replica runs gan.replica_step on its share of the batch; the losses are summed over
+    replicas (each share is already divided by the global batch size), then gan.finish_step
+    updates the EMA generator once. With `jit_compile`, the replica step is compiled with XLA.
+    """
+    import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
+    # NOTE: XLA compiles the per-replica step only, and jit_compile is tested with one replica on CPU.
+    # Whether the optimizers' cross-replica merge_call works inside it under MirroredStrategy is untested.
+    replica_step = tf.function(gan.replica_step, jit_compile=True) if jit_compile else gan.replica_step
+
+    @tf.function
+    def step(real_images):
+        replica_losses = strategy.run(replica_step, args=(real_images,))
+        d_loss = strategy.reduce(tf.distribute.ReduceOp.SUM, replica_losses["d_loss"], axis=None)
+        g_loss = strategy.reduce(tf.distribute.ReduceOp.SUM, replica_losses["g_loss"], axis=None)
+        return gan.finish_step(d_loss, g_loss)
+
+    return step
 
 
 def run_steps(
@@ -146,6 +218,8 @@ def run_steps(
     start_step: int,
     callbacks: Sequence[TrainingCallback],
     logs: dict[str, float],
+    strategy=None,
+    jit_compile: bool = False,
 ) -> tuple[dict[str, float], float | None]:
     """Run steps start_step + 1 .. plan.total_steps with a compiled train step, calling the hooks.
 
@@ -157,11 +231,10 @@ def run_steps(
     """
     import tensorflow as tf
 
-    from pipeline.training.callbacks import LOSS_NAMES
+    from pipeline.training.callbacks import FLAG_NAMES, LOSS_NAMES
 
-    # NOTE: the step runs on TensorFlow's default device only. The tf.distribute.MirroredStrategy
-    # path for several GPUs is not wired in: build_gan and this loop would need its scope.
-    train_step = tf.function(gan.train_step)
+    strategy = strategy or tf.distribute.get_strategy()
+    train_step = make_step_function(gan, strategy, jit_compile)
     step = start_step
     timed_from = None
     for hook in callbacks:
@@ -173,10 +246,14 @@ def run_steps(
         count = min(plan.steps_per_epoch - done_in_epoch, plan.total_steps - step)
         expected_step = step + count
 
-        for real_images in epoch_batches(epoch).skip(done_in_epoch).take(count):
+        batches = epoch_batches(epoch).skip(done_in_epoch).take(count)
+        if strategy.num_replicas_in_sync > 1:
+            batches = strategy.experimental_distribute_dataset(batches)
+        for real_images in batches:
             results = train_step(real_images)
             step += 1
             logs = {name: float(results[name]) for name in LOSS_NAMES}
+            logs.update({name: bool(results[name]) for name in FLAG_NAMES})
             timed_from = timed_from or (step, time.monotonic())
             for hook in callbacks:
                 hook.on_step_end(step, logs)
@@ -209,11 +286,14 @@ def _train_run(
     epoch_batches: Callable[[int], Any],
     work_dir: Path,
     extra_callbacks: Sequence[TrainingCallback],
+    strategy,
 ) -> dict[str, Any]:
-    """Restore, train and upload the generator inside `work_dir`; return the summary for train.json."""
+    """Restore, train and export the generators inside `work_dir`; return the summary for train.json."""
     from pipeline.training import callbacks as hooks
     from pipeline.training.checkpoints import RunCheckpoints, make_checkpoint
+    from pipeline.training.export import export_generators
     from pipeline.training.samples import load_or_create_fixed_latents
+    from pipeline.training.tensorboard import TensorBoardWriter
 
     image_shape = [int(size) for size in gan.generator.output_shape[1:]]
     identity = {
@@ -222,7 +302,9 @@ def _train_run(
         "latent_dim": config.train.latent_dim,
         "batch_size": plan.batch_size,
     }
-    checkpoints = RunCheckpoints(store, run_id, make_checkpoint(gan), work_dir, identity)
+    with strategy.scope():
+        checkpoint = make_checkpoint(gan)
+    checkpoints = RunCheckpoints(store, run_id, checkpoint, work_dir, identity, keep=config.train.keep_checkpoints)
     latest = checkpoints.restore_latest() or {"step": 0}
     start_step = latest["step"]
     if start_step > plan.total_steps:
@@ -236,12 +318,14 @@ def _train_run(
     latents_key = run_key(run_id, FIXED_LATENTS_FILE)
     latents = load_or_create_fixed_latents(store, latents_key, config.train.seed, config.train.latent_dim)
 
-    # The loss guard runs first, so a step with a non-finite loss is never checkpointed.
+    tensorboard = TensorBoardWriter(store, run_id, work_dir)
+
+    # The guard runs first, so a step with a non-finite loss or weight is never checkpointed.
     callbacks = [
-        hooks.NonFiniteLossGuard(run_id, checkpoints),
-        hooks.ProgressLogger(run_id, plan, config.train.log_every, metrics),
+        hooks.NonFiniteGuard(run_id, checkpoints),
+        hooks.ProgressLogger(run_id, plan, config.train.log_every, metrics, tensorboard),
         hooks.PeriodicCheckpoint(checkpoints, config.train.checkpoint_every),
-        hooks.SampleGrids(store, run_id, plan, latents, work_dir),
+        hooks.SampleGrids(store, run_id, plan, latents, work_dir, tensorboard),
         *extra_callbacks,
     ]
 
@@ -250,13 +334,16 @@ def _train_run(
         run_id, plan.total_steps, plan.num_epochs, plan.steps_per_epoch, plan.batch_size, fingerprint, start_step,
     )
     initial_logs = {name: latest.get(name, math.nan) for name in hooks.LOSS_NAMES}
-    logs, images_per_second = run_steps(gan, epoch_batches, plan, start_step, callbacks, initial_logs)
+    try:
+        logs, images_per_second = run_steps(
+            gan, epoch_batches, plan, start_step, callbacks, initial_logs, strategy, config.train.jit_compile
+        )
+    finally:
+        tensorboard.close()
     if images_per_second is None:
         images_per_second = _last_rate(metrics.rows)
 
-    generator_path = work_dir / GENERATOR_FILE
-    gan.generator.save(generator_path)
-    store.put_file(run_key(run_id, GENERATOR_FILE), generator_path)
+    exported = export_generators(gan, store, run_id, latents, work_dir)
 
     return {
         "run_id": run_id,
@@ -268,7 +355,8 @@ def _train_run(
         "g_loss": logs["g_loss"],
         "images_per_second": None if images_per_second is None else round(images_per_second, 1),
         "resumed_from_step": start_step,
-        "generator_key": run_key(run_id, GENERATOR_FILE),
+        "replicas": strategy.num_replicas_in_sync,
+        **exported,
         "train_settings": asdict(config.train),
     }
 
