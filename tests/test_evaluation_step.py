@@ -363,16 +363,16 @@ def test_evaluate_caches_reference_statistics(evaluated):
 
 @pytest.fixture(scope="module")
 def second_run(evaluated) -> dict:
-    """Publish the first run, then evaluate a run with an EMA generator, which finds the first as history and as best."""
+    """Publish the first run, then evaluate a run with a raw generator beside it, which finds the first as history and best."""
     from pipeline.publish import publish_run
 
     publish_run(evaluated.config, evaluated.store, RUN_ID, evaluated.fingerprint, evaluated.result)
     run_id = "nightly-2"
     generator = build_generator(LATENT_DIM)
     put_run(evaluated.store, evaluated.root, run_id, evaluated.fingerprint, generator)
-    ema_path = evaluated.root / "ema.keras"
-    build_generator(LATENT_DIM).save(ema_path)
-    evaluated.store.put_file(run_key(run_id, "generator_ema.keras"), ema_path)
+    raw_path = evaluated.root / "raw.keras"
+    build_generator(LATENT_DIM).save(raw_path)
+    evaluated.store.put_file(run_key(run_id, "generator_raw.keras"), raw_path)
 
     result = evaluate_run(evaluated.config, evaluated.store, evaluated.fingerprint, run_id)
     return evaluated.store.get_json(result["report_key"])
@@ -395,10 +395,10 @@ def test_second_run_compares_with_promoted(second_run, evaluated):
     assert promoted["fid_change"] == pytest.approx(second_run["metrics"]["fid"]["value"] - evaluated.result["fid"])
 
 
-def test_second_run_html_shows_ema_grid_and_promoted(second_run, evaluated):
+def test_second_run_html_shows_raw_grid_and_promoted(second_run, evaluated):
     page = Path(evaluated.store.location(run_key("nightly-2", "report.html"))).read_text()
 
-    assert "Samples from the fixed latents (EMA generator)" in page
+    assert "Samples from the fixed latents (raw generator, without the moving average)" in page
     assert f"Promoted run <code>{RUN_ID}</code>" in page
     assert page.count('src="data:image/png;base64,') == 6
 

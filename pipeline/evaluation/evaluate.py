@@ -22,7 +22,7 @@ import numpy as np
 import pipeline
 from pipeline.config import PipelineConfig
 from pipeline.errors import EvaluationError
-from pipeline.layout import GENERATOR_FILE, REPORT_HTML, REPORT_JSON, run_key, safe_run_id
+from pipeline.layout import GENERATOR_FILE, GENERATOR_RAW_FILE, REPORT_HTML, REPORT_JSON, run_key, safe_run_id
 from pipeline.storage.base import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -39,8 +39,9 @@ _TRAINING_FIELDS = ("steps", "epochs", "batch_size", "latent_dim", "d_loss", "g_
 def evaluate_run(config: PipelineConfig, store: ArtifactStore, fingerprint: str, run_id: str) -> dict[str, Any]:
     """Compute the metrics of the generator of `run_id` and write its report.json and report.html.
 
-    Metrics score generator.keras, the model that the publish step promotes. An EMA generator
-    (generator_ema.keras), when present, is drawn as a second sample grid only. report.html is
+    Metrics score generator.keras, the model that the publish step promotes: the moving average
+    (EMA) of the generator's weights. The raw generator (generator_raw.keras), when present, is
+    drawn as a second sample grid only. report.html is
     written before report.json, so report.json marks a complete evaluation: when it exists, its
     metrics are returned without recomputing. Raises EvaluationError when training
     has not finished, the generator does not fit the dataset, or it produces non-finite images.
@@ -253,15 +254,15 @@ def _write_report(store, config, run_id, generator, extractor, references, direc
     from pipeline.evaluation import comparison, plots
     from pipeline.evaluation.nearest import NUM_SAMPLES, nearest_real
     from pipeline.evaluation.report import loss_curve_png, render_report_html, sample_grid_png
-    from pipeline.evaluation.run_objects import GENERATOR_EMA_FILE, grid_latents, load_generator, metrics_rows
+    from pipeline.evaluation.run_objects import grid_latents, load_generator, metrics_rows
 
     latent = grid_latents(store, run_id, int(generator.input_shape[-1]), config.train.seed)
     grid_images = _images_from(generator, latent, run_id)
-    figures = {"grid": sample_grid_png(grid_images), "grid_ema": None}
-    if store.exists(run_key(run_id, GENERATOR_EMA_FILE)):
-        ema_generator = load_generator(store, run_id, GENERATOR_EMA_FILE)
-        figures["grid_ema"] = sample_grid_png(_images_from(ema_generator, latent, run_id))
-        report["generation"]["ema_grid"] = True
+    figures = {"grid": sample_grid_png(grid_images), "grid_raw": None}
+    if store.exists(run_key(run_id, GENERATOR_RAW_FILE)):
+        raw_generator = load_generator(store, run_id, GENERATOR_RAW_FILE)
+        figures["grid_raw"] = sample_grid_png(_images_from(raw_generator, latent, run_id))
+        report["generation"]["raw_grid"] = True
 
     # Memorisation check: a few grid samples beside their nearest real training images.
     floor = references[NOISE_FLOOR_SPLIT]

@@ -68,7 +68,7 @@ def loss_curve_png(rows: Sequence[dict[str, Any]]) -> bytes | None:
 def render_report_html(report: dict[str, Any], figures: Mapping[str, bytes | None]) -> str:
     """Render the report.json content of a run and its figures (PNG bytes by name) as one HTML page.
 
-    Figure names: "grid", "grid_ema", "nearest", "classes", "trend", "loss"; a missing or None
+    Figure names: "grid", "grid_raw", "nearest", "classes", "trend", "loss"; a missing or None
     figure is shown as a line saying it has no data.
     """
     run_id = html.escape(str(report["run_id"]))
@@ -78,8 +78,10 @@ def render_report_html(report: dict[str, Any], figures: Mapping[str, bytes | Non
         _image_section("FID and KID of earlier runs on this dataset", figures.get("trend"), "FID and KID per run", "plot"),
         _extractor_section(report["extractor"], report.get("classifier")),
         _image_section("Predicted classes", figures.get("classes"), "class shares of generated and real images", "plot"),
-        _image_section("Samples from the fixed latents (generator)", figures.get("grid"), "sample grid", "grid"),
-        _ema_section(figures.get("grid_ema")),
+        _image_section(
+            "Samples from the fixed latents (evaluated generator)", figures.get("grid"), "sample grid", "grid"
+        ),
+        _raw_section(figures.get("grid_raw")),
         _image_section(
             "Nearest real training images (memorisation check)", figures.get("nearest"),
             "generated samples, each followed by its nearest training images", "grid",
@@ -213,10 +215,12 @@ def _extractor_section(extractor: dict[str, Any], classifier: dict[str, Any] | N
     return section
 
 
-def _ema_section(png: bytes | None) -> str:
+def _raw_section(png: bytes | None) -> str:
     if png is None:
-        return "<p class=\"note\">The run has no EMA generator (generator_ema.keras), so only the raw generator is shown.</p>"
-    return _image_section("Samples from the fixed latents (EMA generator)", png, "EMA sample grid", "grid")
+        return "<p class=\"note\">The run has no raw generator (generator_raw.keras), so only the evaluated one is shown.</p>"
+    return _image_section(
+        "Samples from the fixed latents (raw generator, without the moving average)", png, "raw sample grid", "grid"
+    )
 
 
 def _training_section(training: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """Objects that the train step leaves under runs/<run_id>/, read back for evaluation.
 
-train.json (written last by training), the generator and its optional EMA copy, the fixed
+train.json (written last by training), the generator and its optional raw copy, the fixed
 latents of the sample grids, and the metrics.jsonl rows of the loss curves.
 """
 
@@ -23,8 +23,6 @@ GRID_SIZE = 64
 # Second entropy word of the seed of evaluation latents, so they differ from the fixed latents
 # that the train step draws from the same seed.
 LATENT_STREAM = 1
-# NOTE: the train step does not write an EMA generator yet; this name is where evaluation looks for one.
-GENERATOR_EMA_FILE = "generator_ema.keras"
 
 
 def training_summary(store: ArtifactStore, run_id: str, fingerprint: str) -> dict[str, Any]:
