@@ -132,6 +132,7 @@ PARAMS = {
     "max_skipped_fraction": Param(0.05, type="number", minimum=0, maximum=1, description="Fail preparation when a larger share of image files cannot be decoded."),
     "tfds_data_dir": Param(None, type=["null", "string"], description="TensorFlow Datasets data_dir; unset uses TFDS_DATA_DIR or ~/tensorflow_datasets."),
     "tfds_download": Param(False, type="boolean", description="Let a tfds: source download data that tfds_data_dir lacks."),
+    "flip": Param(False, type="boolean", description="Mirror training images left-right with probability 1/2."),
     "checkpoint_every": Param(500, type="integer", minimum=1, description="Steps between checkpoints."),
     "log_every": Param(100, type="integer", minimum=1, description="Steps between progress log lines."),
     "beta_1": Param(0.5, type="number", minimum=0, exclusiveMaximum=1, description="Adam beta_1 of both optimizers."),

@@ -38,6 +38,7 @@ class DataConfig:
     max_skipped_fraction: float = 0.05
     tfds_data_dir: str | None = None
     tfds_download: bool = False
+    flip: bool = False
 
 
 @dataclass(frozen=True)

@@ -344,3 +344,24 @@ def test_s3_run_keeps_two_newest_checkpoints(dataset, s3_env):
         "runs/on-s3/checkpoints/latest.json",
     ]
     assert store.exists("runs/on-s3/train.json")
+
+
+def test_flip_setting_mirrors_training_batches(dataset):
+    from pipeline.data.fetch import fetch_dataset
+    from pipeline.training.train import _epoch_batches
+
+    config = dataset.config()
+    directory, manifest = fetch_dataset(dataset.store, dataset.fingerprint, config.cache_dir)
+    plain = next(iter(_epoch_batches(directory, manifest, config.train, flip=False)(1))).numpy()
+    flipped = next(iter(_epoch_batches(directory, manifest, config.train, flip=True)(1))).numpy()
+    mirrored = [np.array_equal(flipped[i], plain[i][:, ::-1]) for i in range(len(plain))]
+
+    assert flipped.shape == plain.shape
+    assert any(mirrored), "flip=True mirrored no image of the batch"
+    assert not all(mirrored), "flip=True mirrored every image of the batch"
+
+
+def test_flip_setting_keeps_fingerprint(dataset):
+    from pipeline.data.prepare import preprocessing_settings
+
+    assert preprocessing_settings(dataset.config(flip=True)) == preprocessing_settings(dataset.config())

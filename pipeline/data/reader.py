@@ -57,7 +57,7 @@ def make_dataset(
     prefix, which later datasets built with the same path reuse. `flip` mirrors each image left-right with
     probability 1/2, drawn from `seed` and the batch index. `deterministic` fixes the element order
     under parallelism; None means deterministic when `seed` is set or `shuffle` is off.
-    NOTE: the train step (pipeline.training.train) passes neither `flip` nor `cache` yet.
+    The train step passes `flip` from the `flip` setting and does not use `cache`.
 
     Errors raised while iterating name the shard. tf.errors.InvalidArgumentError is raised for a
     record whose image is not height * width * channels bytes. It is also raised for a shard that

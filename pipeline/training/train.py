@@ -113,7 +113,7 @@ def train_gan(
     cache_dir = Path(config.cache_dir).expanduser()
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix=f"train-{run_id}-") as scratch:
-        epoch_batches = _epoch_batches(directory, manifest, config.train)
+        epoch_batches = _epoch_batches(directory, manifest, config.train, flip=config.data.flip)
         summary = _train_run(
             config, store, fingerprint, run_id, gan, plan, epoch_batches, Path(scratch), callbacks, strategy
         )
@@ -371,8 +371,8 @@ def _plan_summary(plan: TrainingPlan) -> dict[str, Any]:
     }
 
 
-def _epoch_batches(directory: Path, manifest, train: TrainConfig) -> Callable[[int], Any]:
-    """Return epoch -> shuffled batches of that epoch, in an order fixed by (train.seed, epoch)."""
+def _epoch_batches(directory: Path, manifest, train: TrainConfig, flip: bool = False) -> Callable[[int], Any]:
+    """Return epoch -> shuffled batches of that epoch, in an order (and flips) fixed by (train.seed, epoch)."""
     import tensorflow as tf
 
     from pipeline.data.reader import make_dataset
@@ -386,7 +386,7 @@ def _epoch_batches(directory: Path, manifest, train: TrainConfig) -> Callable[[i
     def batches(epoch: int):
         seed = int(np.random.SeedSequence([train.seed, epoch]).generate_state(1)[0])
         dataset = make_dataset(
-            directory, manifest, TRAIN_SPLIT, train.batch_size, shuffle=True, seed=seed, drop_remainder=True
+            directory, manifest, TRAIN_SPLIT, train.batch_size, shuffle=True, seed=seed, drop_remainder=True, flip=flip
         )
         return dataset.with_options(options)
 
