@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
+from pipeline.presets import PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +37,8 @@ ADMIN_PASSWORD = "admin-password"
 STARTUP_TIMEOUT_S = 180
 RUN_TIMEOUT_S = 360
 CONSUMER_TIMEOUT_S = 180
-# Small enough for about a minute of CPU: the whole chain with real TensorFlow on 512 images.
-SMOKE_CONF = {
-    "epochs": 1,
-    "batch_size": 64,
-    "max_train_examples": 512,
-    "max_test_examples": 256,
-    "num_samples": 128,
-    "kid_subset_size": 64,
-    "kid_subsets": 2,
-    "classifier_epochs": 1,
-    "records_per_shard": 256,
-    "checkpoint_every": 50,
-    "log_every": 10,
-}
+# The smoke preset: the whole chain with real TensorFlow on 512 images, about a minute of CPU.
+SMOKE_CONF = dict(PRESETS["smoke"])
 
 
 def free_port() -> int:
