@@ -229,7 +229,7 @@ def gan_retraining():
     def evaluate(dataset: dict, training: dict) -> dict:
         from pipeline import steps
 
-        params, run_id = _params_and_run_id()
+        params, _ = _params_and_run_id()
         return steps.evaluate(params, dataset["fingerprint"], training["run_id"])
 
     @task
