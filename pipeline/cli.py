@@ -110,7 +110,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     generate.add_argument(
-        "--latent-seed", type=int, default=0, help="seed of the random latents (default: %(default)s)"
+        "--latent-seed", type=int, help="seed of the random latents (default: a new seed, printed in the result)"
     )
     _add_settings(generate)
     return parser

@@ -30,6 +30,9 @@ from pipeline.storage.base import ArtifactStore, sha256_file
 
 logger = logging.getLogger(__name__)
 
+# Second entropy word of the seed of random latents; evaluation uses 1, and the fixed latents none.
+LATENT_STREAM = 2
+
 POINTERS = {"best": BEST_POINTER, "latest": LATEST_POINTER}
 LATENT_SOURCES = ("random", "fixed")
 
@@ -85,13 +88,12 @@ def generation_latents(
 ) -> np.ndarray:
     """Return float32 latents (count, latent_dim): standard normal from `seed`, or the run's fixed latents.
 
-    `fixed` uses the first `count` rows of the run's `fixed_latents.npy`, the latents of its
-    sample grids, so the output matches those grids.
+    `random` draws from numpy's default_rng((seed, LATENT_STREAM)), a different stream from the one
+    that made the run's fixed latents (default_rng(seed)), so no seed reproduces the sample grids by accident. `fixed` uses the first
+    `count` rows of the run's `fixed_latents.npy`, so the output matches those grids.
     """
-    from pipeline.training.samples import make_fixed_latents
-
     if source == "random":
-        return make_fixed_latents(seed, latent_dim, count)
+        return np.random.default_rng((seed, LATENT_STREAM)).standard_normal((count, latent_dim)).astype(np.float32)
     if source != "fixed":
         raise PipelineError(f"latent source {source!r} is invalid: use one of {LATENT_SOURCES}")
 
@@ -112,16 +114,19 @@ def generate_images(
     out: str | Path,
     *,
     latents: str = "random",
-    seed: int = 0,
+    seed: int | None = None,
 ) -> dict[str, Any]:
     """Write `count` images of the generator that `model` names: one PNG grid, or one PNG per image.
 
     `out` ending in `.png` gets a grid tiled like the run's sample grids; any other path is a
-    directory that receives `image-0000.png`, `image-0001.png`, ... Returns {"run_id", "count",
-    "out", "generator_sha256", "latents"}.
+    directory that receives `image-0000.png`, `image-0001.png`, ... A None `seed` draws a new one,
+    which the result and the log state so the images can be made again. Returns {"run_id",
+    "count", "out", "generator_sha256", "latents", "latent_seed"}.
     """
     if count < 1:
         raise PipelineError(f"--count {count} is invalid: generate at least 1 image")
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
     run_id = resolve_run_id(store, model)
     path = fetch_generator(store, run_id, config.cache_dir)
 
@@ -140,13 +145,14 @@ def generate_images(
         write_sample_grid(generator, latent, out)
     else:
         _write_images(to_uint8(generator(latent, training=False)), out)
-    logger.info("run %s: wrote %d generated images to %s", run_id, count, out)
+    logger.info("run %s: wrote %d generated images to %s (%s latents, seed %d)", run_id, count, out, latents, seed)
     return {
         "run_id": run_id,
         "count": count,
         "out": str(out),
         "generator_sha256": sha256_file(path),
         "latents": latents,
+        "latent_seed": seed if latents == "random" else None,
     }
 
 

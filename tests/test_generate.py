@@ -126,3 +126,13 @@ def test_runs_command_lists_promotion_state(published, capsys):
     assert [run["run_id"] for run in listing["runs"]] == [RUN_ID]
     assert listing["runs"][0]["is_best"] is True
     assert listing["runs"][0]["promoted"] is True
+
+
+def test_random_latents_differ_from_fixed_latents():
+    from pipeline.generate import generation_latents
+    from pipeline.training.samples import make_fixed_latents
+
+    random_latents = generation_latents(None, "unused", "random", 16, 8, seed=0)
+
+    assert random_latents.shape == (16, 8)
+    assert not np.allclose(random_latents, make_fixed_latents(0, 8, 16))
