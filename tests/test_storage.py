@@ -561,3 +561,20 @@ def test_open_store_unknown_profile_raises_config_error(s3_env, tmp_path, monkey
 
     with pytest.raises(ConfigError, match="store_profile"):
         open_store(config)
+
+
+def test_local_store_files_follow_umask(tmp_path):
+    import os
+    import stat
+
+    from pipeline.storage.local import LocalStore
+
+    previous = os.umask(0o022)
+    try:
+        store = LocalStore(tmp_path / "store")
+        store.put_bytes("runs/r/report.json", b"{}")
+    finally:
+        os.umask(previous)
+    mode = stat.S_IMODE((tmp_path / "store" / "runs" / "r" / "report.json").stat().st_mode)
+
+    assert mode == 0o644

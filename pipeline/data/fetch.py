@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
 from pipeline.data.manifest import FINGERPRINT_HEX_CHARS, Manifest, ShardInfo
-from pipeline.errors import ConfigError, DataError
-from pipeline.layout import dataset_prefix, manifest_key
 from pipeline.data.verify import shard_problem
+from pipeline.errors import ConfigError, DataError
+from pipeline.files import mkstemp_like_open
+from pipeline.layout import dataset_prefix, manifest_key
 from pipeline.storage.base import ArtifactStore
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _download_shard(store: ArtifactStore, fingerprint: str, shard: ShardInfo, di
     """Download one shard next to its final path, verify it, then rename it into place."""
     key = dataset_prefix(fingerprint) + shard.file
     logger.info("downloading shard %s of dataset %s (%d bytes)", shard.file, fingerprint, shard.size_bytes)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{shard.file}.", suffix=".download")
+    handle, temporary = mkstemp_like_open(directory, f".{shard.file}.", ".download")
     os.close(handle)
     try:
         store.get_file(key, temporary)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import DataError
+from pipeline.files import mkstemp_like_open
 
 SCHEMA_VERSION = 1
 
@@ -74,7 +74,7 @@ class Manifest:
         """Write the manifest as JSON to `path`, through a temporary file that is then renamed."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        handle, temporary = mkstemp_like_open(path.parent, f".{path.name}.", ".tmp")
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as output:
                 json.dump(self.to_dict(), output, indent=2, sort_keys=True)

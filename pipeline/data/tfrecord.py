@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import tensorflow as tf
 
 from pipeline.data.manifest import ShardInfo
 from pipeline.errors import DataError
+from pipeline.files import mkstemp_like_open
 from pipeline.storage.base import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def write_shards(
 def write_shard(path: str | Path, images: np.ndarray, labels: np.ndarray) -> ShardInfo:
     """Write one shard atomically: to a temporary file beside `path`, fsync, then rename."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = mkstemp_like_open(path.parent, f".{path.name}.", ".tmp")
     os.close(handle)
     try:
         with tf.io.TFRecordWriter(temporary) as writer:

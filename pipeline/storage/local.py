@@ -7,10 +7,10 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from pipeline.errors import StoreError
+from pipeline.files import mkstemp_like_open
 from pipeline.storage.base import ArtifactStore, ObjectInfo, VersionedObject, check_key, sha256_file
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class LocalStore(ArtifactStore):
     def _write_atomic(self, key: str, write) -> None:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        handle, temporary = mkstemp_like_open(target.parent, f".{target.name}.", ".tmp")
         try:
             with os.fdopen(handle, "wb") as output:
                 write(output)
