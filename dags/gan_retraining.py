@@ -55,7 +55,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from pipeline.assets import PREPARED_DATASET, PROMOTED_MODEL, store_settings
-from pipeline.config import DEFAULT_STORE_AWS_CONN_ID, DEFAULT_STORE_URI
+from pipeline.config import DEFAULT_STORE_AWS_CONN_ID, DEFAULT_STORE_URI, SOURCE_PATTERN
 from pipeline.notify import on_task_failure
 from pipeline.presets import NO_PRESET, PRESETS
 
@@ -68,7 +68,6 @@ SCHEDULE = None if SCHEDULE.lower() in ("", "none") else SCHEDULE
 TRAINING_TIMEOUT = timedelta(hours=float(os.environ.get("GAN_PIPELINE_TRAINING_TIMEOUT_HOURS", "12")))
 
 # The source forms that pipeline.data.sources accepts; the pattern rejects other values in the trigger form.
-SOURCE_PATTERN = r"^(fashion_mnist|(idx|tfds|folder|npz):\S.*)$"
 
 PARAMS = {
     "preset": Param(

@@ -58,10 +58,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return {key.replace("-", "_"): value for key, value in loaded.items()}
 
 
+class _StrictParser(argparse.ArgumentParser):
+    """A parser that rejects abbreviated flags, so a typo such as --epoch is an error, not --epochs."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_StrictParser)
 
     prepare = commands.add_parser("prepare", help="prepare the dataset into TFRecord shards")
     _add_settings(prepare)

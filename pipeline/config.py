@@ -8,7 +8,9 @@ The flat names are the same everywhere: Airflow Params, CLI flags (with dashes) 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -19,6 +21,9 @@ from pipeline.errors import ConfigError
 DEFAULT_HOME = Path(os.environ.get("GAN_PIPELINE_HOME", Path.home() / "gan-pipeline"))
 DEFAULT_STORE_URI = os.environ.get("GAN_PIPELINE_STORE_URI", str(DEFAULT_HOME / "store"))
 DEFAULT_STORE_AWS_CONN_ID = os.environ.get("GAN_PIPELINE_STORE_AWS_CONN_ID") or None
+
+# Accepted forms of the `source` setting; the DAG's Param uses the same pattern.
+SOURCE_PATTERN = r"^(fashion_mnist|(idx|tfds|folder|npz):\S.*)$"
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ class PipelineConfig:
                 top[key] = _coerce(key, value, str)
                 continue
             if key not in FLAT_SETTINGS:
-                raise ConfigError(key, value, f"unknown setting; known settings: {sorted(FLAT_SETTINGS) + ['cache_dir']}")
+                raise ConfigError(key, value, _unknown_setting_rule(key))
             section, name, kind = FLAT_SETTINGS[key]
             sections[section][name] = _coerce(key, value, kind)
         config = cls(**{name: _SECTIONS[name](**kw) for name, kw in sections.items()}, **top)
@@ -149,6 +154,10 @@ class PipelineConfig:
                 raise ConfigError(key, value, rule)
         if not flat["source"].strip():
             raise ConfigError("source", flat["source"], "must name a dataset source, for example 'fashion_mnist'")
+        if not re.match(SOURCE_PATTERN, flat["source"]):
+            raise ConfigError(
+                "source", flat["source"], "must be fashion_mnist, idx:<dir>, folder:<dir>, npz:<file> or tfds:<name>[:<version>]"
+            )
 
 
 _SECTIONS = {
@@ -170,6 +179,13 @@ def _build_flat_fields() -> dict[str, tuple[str, str, type]]:
             key = _PREFIXES.get(section, "") + f.name
             fields[key] = (section, f.name, _field_kind(f.type))
     return fields
+
+
+def _unknown_setting_rule(key: str) -> str:
+    known = sorted([*FLAT_SETTINGS, "cache_dir"])
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown setting; {hint}known settings: {', '.join(known)}"
 
 
 def _field_kind(annotation: str) -> type:

@@ -62,7 +62,7 @@ def publish(values: Mapping[str, Any], fingerprint: str, run_id: str, metrics: M
 
 def run_all(values: Mapping[str, Any], run_id: str) -> dict:
     """Run prepare, train, evaluate and publish in this process; returns every step's result."""
-    PipelineConfig.from_mapping(values)  # fail on a bad value before any work starts
+    _open(values)  # fail on a bad setting or store URI before any work starts
     run_id = safe_run_id(run_id)
     log.info("run %s: starting the whole chain", run_id)
 

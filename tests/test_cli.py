@@ -76,3 +76,10 @@ def test_cli_unknown_preset_is_rejected():
 
     assert result.returncode == 2
     assert "fast" in result.stderr
+
+
+def test_cli_rejects_abbreviated_flag():
+    result = run_cli("run", "--epoch", "3")
+
+    assert result.returncode == 2
+    assert "--epoch" in result.stderr

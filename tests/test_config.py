@@ -63,3 +63,14 @@ def test_config_flat_keys_are_unique_per_field():
     fields = [(section, name) for section, name, _ in FLAT_SETTINGS.values()]
 
     assert len(fields) == len(set(fields))
+
+
+def test_config_unknown_setting_suggests_close_name():
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        PipelineConfig.from_mapping({"epoch": 3})
+
+
+@pytest.mark.parametrize("source", ["mnist", "idx:", "folder"])
+def test_config_rejects_unknown_source_form(source):
+    with pytest.raises(ConfigError, match="fashion_mnist, idx:<dir>"):
+        PipelineConfig.from_mapping({"source": source})
