@@ -328,10 +328,8 @@ def test_prepare_rewrites_after_killed_attempt(prepared, tmp_path):
 
 
 def test_prepare_unknown_source(tmp_path):
-    config = make_config(tmp_path, source="imagenet_typo")
-
     with pytest.raises(ConfigError, match="imagenet_typo"):
-        prepare_dataset(config, LocalStore(tmp_path / "store"))
+        prepare_dataset(make_config(tmp_path, source="imagenet_typo"), LocalStore(tmp_path / "store"))
 
 
 # Fetch

@@ -22,6 +22,8 @@ class LocalStore(ArtifactStore):
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
+        # NOTE: read-only commands (runs, generate) also create a missing root, so a mistyped store
+        # path reads as an empty store instead of failing.
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
