@@ -28,7 +28,7 @@ SOURCE_PATTERN = r"^(fashion_mnist|(idx|tfds|folder|npz):\S.*)$"
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where images come from and how they are written to TFRecord shards."""
+    """Image source, normalisation and TFRecord sharding settings."""
 
     source: str = "fashion_mnist"
     records_per_shard: int = 10_000

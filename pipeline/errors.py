@@ -23,7 +23,7 @@ class DataError(PipelineError):
 
 
 class StoreError(PipelineError):
-    """The artifact store failed or holds something other than expected."""
+    """The artifact store failed or contains something other than expected."""
 
 
 class TrainingError(PipelineError):

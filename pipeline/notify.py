@@ -3,7 +3,7 @@
 The webhook is an Airflow connection (default id `gan_pipeline_webhook`) whose `host` is the full
 URL, for example `AIRFLOW_CONN_GAN_PIPELINE_WEBHOOK='{"conn_type": "http", "host": "https://hooks.example.com/gan"}'`.
 When it is set, each notice is sent as an HTTP POST of a small JSON object. Without it, notices are
-only logged. A failed POST is logged and never fails the task that sent it.
+only logged. A POST that fails with a network or HTTP error is logged and does not fail the task.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-# TensorFlow Datasets asks Google Cloud Storage for metadata unless told it is offline.
+# Without these, TensorFlow Datasets requests metadata from Google Cloud Storage.
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 os.environ.setdefault("NO_GCE_CHECK", "true")
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 
 class RecordingHandler(BaseHTTPRequestHandler):
-    """Stores each POSTed JSON body on the server and answers with the server's `status`."""
+    """Stores each POSTed JSON body on the server and responds with the server's `status`."""
 
     def do_POST(self):
         length = int(self.headers["Content-Length"])

@@ -2,7 +2,7 @@
 
 Every extractor takes uint8 images (N, H, W, C), so real and generated images reach it through
 the same conversion, and returns float64 features (N, D). Its `identity` (a sha256 of its weights)
-tells cached reference features apart. Import this module lazily: it imports Keras.
+distinguishes cached reference features. Import this module lazily: it imports Keras.
 """
 
 from __future__ import annotations

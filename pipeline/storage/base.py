@@ -1,7 +1,7 @@
 """The artifact store interface that every step reads from and writes to.
 
 Keys are POSIX-style relative paths such as `runs/<run_id>/report.json`. Every write is atomic from a
-reader's point of view: an object either holds the complete new content or does not exist.
+reader's point of view: an object either contains the complete new content or does not exist.
 """
 
 from __future__ import annotations

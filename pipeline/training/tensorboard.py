@@ -2,7 +2,7 @@
 
 Scalars (d_loss, g_loss, images_per_second) are written at every progress line and the sample
 grids as images, all at the training step. Each upload copies every event file of the local
-directory, so the store holds what TensorBoard would show for this attempt.
+directory, so the store contains what TensorBoard would show for this attempt.
 
 tensorflow-cpu does not install the `tensorboard` package that tf.summary.scalar and
 tf.summary.image need, so this module writes the same records with the low-level
