@@ -3,8 +3,12 @@
 All loops train the same DCGAN (pipeline.models.dcgan, 28x28x1, latent_dim 100) with the same
 Adam settings on the same in-memory Fashion-MNIST batches of 128 images:
 
-    trainer         pipeline.training.train.make_step_function: one compiled step, one generator
-                    pass shared by both updates, no per-step Python besides the loop
+    trainer         pipeline.training.train.make_step_function with the default
+                    update_scheme=alternating: one compiled step, one generator pass shared by
+                    both updates, no per-step Python besides the loop
+    trainer_simultaneous
+                    the same step with update_scheme=simultaneous: both networks' gradients from
+                    one forward pass
     trainer_xla     the same with jit_compile=True (only with --xla: on a 2-core CPU it ran at
                     about 40 images/s, so it would dominate the run time)
     fit             a keras.Model subclass with an overridden train_step, written the way the Keras
@@ -19,7 +23,11 @@ Each loop is traced and warmed up first, then timed over `--steps` steps, in `--
 alternate the loops, so load from other processes hits each loop alike. The median rate is
 reported. A profile then times the parts of one step as separate compiled functions.
 
-Run: python benchmarks/bench_training.py [--steps 30] [--rounds 2] [--output results.json]
+`--threads 1` runs TensorFlow with one intra-op and one inter-op thread. Each op then runs alone
+on one core, so the rates measure the work of each loop with far less noise from the other core
+and from other processes; the default (0) lets TensorFlow use every core.
+
+Run: python benchmarks/bench_training.py [--steps 30] [--rounds 2] [--threads 0] [--output results.json]
 """
 
 from __future__ import annotations
@@ -82,7 +90,7 @@ class Timer:
         return steps * BATCH_SIZE / (time.perf_counter() - self.started)
 
 
-def make_trainer(dataset, jit_compile: bool):
+def make_trainer(dataset, jit_compile: bool = False, update_scheme: str = "alternating"):
     """Return run(steps) -> images/s for this project's compiled step."""
     from pipeline.config import TrainConfig
     from pipeline.training.train import build_gan, make_step_function
@@ -90,7 +98,8 @@ def make_trainer(dataset, jit_compile: bool):
     import keras
 
     keras.utils.set_random_seed(0)
-    gan = build_gan(TrainConfig(batch_size=BATCH_SIZE, latent_dim=LATENT_DIM), 28, 28, 1)
+    settings = TrainConfig(batch_size=BATCH_SIZE, latent_dim=LATENT_DIM, update_scheme=update_scheme)
+    gan = build_gan(settings, 28, 28, 1)
     step = make_step_function(gan, jit_compile=jit_compile)
     batches = iter(dataset)
 
@@ -239,12 +248,17 @@ def profile_step(dataset, repeats: int) -> dict[str, float]:
         return g_loss
 
     full_step = make_step_function(gan)
+    simultaneous_gan = build_gan(
+        TrainConfig(batch_size=BATCH_SIZE, latent_dim=LATENT_DIM, update_scheme="simultaneous"), 28, 28, 1
+    )
+    simultaneous_step = make_step_function(simultaneous_gan)
     parts = {
         "generator forward (128 latents)": generator_forward,
         "discriminator forward (256 images)": discriminator_forward,
         "discriminator update (forward, backward, Adam)": discriminator_update,
         "generator update (G and D forward, backward, Adam)": generator_update,
         "whole trainer step": lambda: full_step(real_images),
+        "whole trainer step, simultaneous": lambda: simultaneous_step(real_images),
     }
     timings = {}
     for name, function in parts.items():
@@ -264,15 +278,23 @@ def main() -> None:
     parser.add_argument("--profile-repeats", type=int, default=20, help="calls per profiled part")
     parser.add_argument("--output", type=Path, help="write the results as JSON to this file")
     parser.add_argument("--xla", action="store_true", help="also time the trainer with jit_compile=True")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="TensorFlow intra-op and inter-op threads (0: TensorFlow's default)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     import tensorflow as tf
 
+    if args.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+
     started = time.monotonic()
     dataset = load_batches(args.steps + WARMUP_STEPS + 2)
     loops = {
-        "trainer": make_trainer(dataset, jit_compile=False),
+        "trainer": make_trainer(dataset),
+        "trainer_simultaneous": make_trainer(dataset, update_scheme="simultaneous"),
         "fit": make_fit_loop(dataset),
         "train_on_batch": make_train_on_batch_loop(dataset),
     }
@@ -288,6 +310,7 @@ def main() -> None:
     results = {
         "tensorflow": tf.__version__,
         "cpu_count": os.cpu_count(),
+        "threads": args.threads or "default",
         "load_average_1min": round(os.getloadavg()[0], 2),
         "batch_size": BATCH_SIZE,
         "steps_per_round": args.steps,

@@ -145,6 +145,13 @@ PARAMS = {
     "d_steps_per_g_step": Param(
         1, type="integer", minimum=1, maximum=10, description="Discriminator updates per generator update."
     ),
+    "update_scheme": Param(
+        "alternating",
+        type="string",
+        enum=["alternating", "simultaneous"],
+        description="alternating: the generator trains against the just-updated discriminator. "
+        "simultaneous: both take gradients from one forward pass (faster, as in the TensorFlow DCGAN tutorial).",
+    ),
     "ema_decay": Param(
         0.999, type="number", minimum=0, exclusiveMaximum=1, description="Decay of the generator weights' moving average."
     ),

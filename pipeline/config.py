@@ -63,6 +63,7 @@ class TrainConfig:
     loss: str = "non_saturating"
     gp_weight: float = 10.0
     d_steps_per_g_step: int = 1
+    update_scheme: str = "alternating"
     ema_decay: float = 0.999
     keep_checkpoints: int = 2
     mixed_precision: str = "none"
@@ -245,6 +246,7 @@ def _positive(value: float) -> bool:
 
 LOSSES = ("non_saturating", "hinge", "wgan_gp")
 MIXED_PRECISION_MODES = ("none", "bfloat16", "float16")
+UPDATE_SCHEMES = ("alternating", "simultaneous")
 DISTRIBUTIONS = ("auto", "default", "mirrored", "multi_worker")
 
 
@@ -271,6 +273,7 @@ _RULES = [
     ("loss", f"must be one of {', '.join(LOSSES)}", lambda v: v in LOSSES),
     ("gp_weight", "must be a non-negative number", lambda v: v >= 0),
     ("d_steps_per_g_step", "must be between 1 and 10", lambda v: 1 <= v <= 10),
+    ("update_scheme", f"must be one of {', '.join(UPDATE_SCHEMES)}", lambda v: v in UPDATE_SCHEMES),
     ("ema_decay", "must be in [0, 1)", lambda v: 0 <= v < 1),
     ("keep_checkpoints", "must be a positive integer", _positive),
     ("mixed_precision", f"must be one of {', '.join(MIXED_PRECISION_MODES)}", lambda v: v in MIXED_PRECISION_MODES),

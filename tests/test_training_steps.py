@@ -145,14 +145,68 @@ def test_generator_update_leaves_discriminator_bitwise():
     assert not _bitwise_equal(snapshots["generator"], _weights(gan.generator))
 
 
+def _without_dropout(gan):
+    # Dropout draws a new mask on every call; without it the expected step below is reproducible.
+    for layer in gan.discriminator.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+    return gan
+
+
+def _step_from_one_snapshot(gan, real_images):
+    """Return the weights after Adam steps on both networks' gradients at the current weights."""
+    copy = _without_dropout(_tiny_gan())
+    copy.generator.set_weights(gan.generator.get_weights())
+    copy.discriminator.set_weights(gan.discriminator.get_weights())
+    with tf.GradientTape(persistent=True) as tape:
+        generated_images = copy.generator(copy.sample_latent(8), training=True)
+        generated_logits = copy.discriminator(generated_images, training=True)
+        real_logits = copy.discriminator(real_images, training=True)
+        g_loss = tf.reduce_mean(losses.generator_loss("non_saturating", generated_logits))
+        d_loss = tf.reduce_mean(losses.discriminator_loss("non_saturating", real_logits, generated_logits))
+    for optimizer, loss, network in ((copy.g_optimizer, g_loss, copy.generator), (copy.d_optimizer, d_loss, copy.discriminator)):
+        optimizer.apply_gradients(zip(tape.gradient(loss, network.trainable_variables), network.trainable_variables))
+    return _weights(copy.generator), _weights(copy.discriminator)
+
+
+@pytest.mark.parametrize("update_scheme", ["simultaneous", "alternating"])
+def test_simultaneous_updates_share_one_snapshot(update_scheme):
+    gan = _without_dropout(_tiny_gan(update_scheme=update_scheme))
+    real_images = _real_batch()
+    expected_generator, expected_discriminator = _step_from_one_snapshot(gan, real_images)
+
+    gan.replica_step(real_images)
+
+    for expected, actual in zip(expected_discriminator, _weights(gan.discriminator)):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-7)
+    generator_matches = all(
+        np.allclose(actual, expected, rtol=1e-5, atol=1e-7)
+        for expected, actual in zip(expected_generator, _weights(gan.generator))
+    )
+    # Alternating trains the generator against the updated discriminator, so only simultaneous matches.
+    assert generator_matches == (update_scheme == "simultaneous")
+
+
+def test_simultaneous_wgan_gp_counts_discriminator_updates():
+    gan = _tiny_gan(loss="wgan_gp", d_steps_per_g_step=2, update_scheme="simultaneous")
+
+    results = make_step_function(gan)(_real_batch())
+
+    assert int(gan.d_optimizer.iterations) == 2
+    assert int(gan.g_optimizer.iterations) == 1
+    assert np.isfinite(float(results["d_loss"]))
+    assert np.isfinite(float(results["g_loss"]))
+
+
 @pytest.mark.parametrize(
     "settings",
     [
         {"loss": "hinge"},
         {"loss": "wgan_gp", "d_steps_per_g_step": 2},
         {"mixed_precision": "bfloat16"},
+        {"mixed_precision": "float16", "update_scheme": "simultaneous"},
     ],
-    ids=["hinge", "wgan_gp_2_d_steps", "bfloat16"],
+    ids=["hinge", "wgan_gp_2_d_steps", "bfloat16", "float16_simultaneous"],
 )
 def test_step_variants_keep_losses_finite(settings):
     gan = _tiny_gan(**settings)
@@ -275,7 +329,8 @@ def test_guard_names_network_with_non_finite_weights():
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("loss", "lsgan"), ("mixed_precision", "float8"), ("distribution", "tpu"), ("ema_decay", 1.0), ("d_steps_per_g_step", 0)],
+    [("loss", "lsgan"), ("mixed_precision", "float8"), ("distribution", "tpu"), ("ema_decay", 1.0), ("d_steps_per_g_step", 0),
+     ("update_scheme", "sequential")],
 )
 def test_config_rejects_bad_training_option(key, value):
     from pipeline.config import PipelineConfig

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from pipeline.config import UPDATE_SCHEMES
 from pipeline.training import losses
 from pipeline.training.ema import ema_decay_at, make_ema_generator, update_ema
 
@@ -16,14 +17,22 @@ _PENALTY_STREAM = 1
 class GAN(keras.Model):
     """A generator and a discriminator trained against each other, plus an EMA of the generator.
 
-    One step makes `d_steps_per_g_step` discriminator updates, then one generator update. The
-    generator pass of the last discriminator update also serves the generator update, whose loss
-    is computed against the just-updated discriminator. With D the discriminator's logits, D' the
-    discriminator after its update, G the generator, x real_images and z standard normal latents,
-    the default `non_saturating` loss is
+    One step makes `d_steps_per_g_step` discriminator updates and one generator update, in the
+    order of `update_scheme`:
+
+        alternating    the last discriminator update, then the generator update against the
+                       just-updated discriminator D' (as in Goodfellow et al. 2014). Both updates
+                       share one generator pass.
+        simultaneous   the last discriminator update and the generator update both take their
+                       gradients from one forward pass, at the same weights, then both apply them
+                       (as the TensorFlow DCGAN tutorial does). It saves the discriminator pass
+                       on the generated images that the alternating generator update repeats.
+
+    With D the discriminator's logits, G the generator, x real_images and z standard normal
+    latents, the default `non_saturating` loss is
 
         d_loss = mean(softplus(-D(x)) + softplus(D(G(z))))      (binary cross-entropy, labels 1 and 0)
-        g_loss = mean(softplus(-D'(G(z))))
+        g_loss = mean(softplus(-D'(G(z))))                      (D' = D when simultaneous)
 
     At the equilibrium where D outputs 1/2 everywhere, d_loss = 2 ln 2 = 1.386 and
     g_loss = ln 2 = 0.693. `hinge` and `wgan_gp` are described in pipeline.training.losses.
@@ -44,6 +53,7 @@ class GAN(keras.Model):
         loss: str = "non_saturating",
         gp_weight: float = 10.0,
         d_steps_per_g_step: int = 1,
+        update_scheme: str = "alternating",
         ema_decay: float = 0.999,
         global_batch_size: int | None = None,
         **kwargs,
@@ -57,6 +67,9 @@ class GAN(keras.Model):
         self.loss_name = loss
         self.gp_weight = float(gp_weight)
         self.d_steps_per_g_step = int(d_steps_per_g_step)
+        if update_scheme not in UPDATE_SCHEMES:
+            raise ValueError(f"invalid update_scheme {update_scheme!r}: use one of {', '.join(UPDATE_SCHEMES)}")
+        self.update_scheme = update_scheme
         self.ema_decay = float(ema_decay)
         self.global_batch_size = global_batch_size
         # Steps finished so far: the seed of the random draws and the EMA warm-up count.
@@ -98,6 +111,9 @@ class GAN(keras.Model):
             self.update_discriminator(real_images, generated_images, update)
 
         last_update = self.d_steps_per_g_step - 1
+        if self.update_scheme == "simultaneous":
+            return self._simultaneous_updates(real_images, last_update)
+
         with tf.GradientTape() as g_tape:
             generated_images = self.generator(self.sample_latent(batch_size, last_update), training=True)
 
@@ -138,6 +154,30 @@ class GAN(keras.Model):
         seed = self._step_seed(_LATENT_STREAM, stream)
         return tf.random.stateless_normal((batch_size, self.latent_dim), seed=seed)
 
+    def _simultaneous_updates(self, real_images, update: int) -> dict[str, tf.Tensor]:
+        batch_size = tf.shape(real_images)[0]
+        with tf.GradientTape() as g_tape, tf.GradientTape() as d_tape:
+            generated_images = self.generator(self.sample_latent(batch_size, update), training=True)
+            # Two discriminator calls, not one on the concatenated batch, so that the generator's
+            # gradient flows back through the generated half alone.
+            generated_logits = self.discriminator(generated_images, training=True)
+            g_loss = self._average(losses.generator_loss(self.loss_name, generated_logits), real_images)
+            scaled_g_loss = self.g_optimizer.scale_loss(g_loss)
+
+            with g_tape.stop_recording():
+                real_logits = self.discriminator(real_images, training=True)
+                d_loss = self._discriminator_objective(
+                    real_images, generated_images, real_logits, generated_logits, update
+                )
+                scaled_d_loss = self.d_optimizer.scale_loss(d_loss)
+
+        # Both gradients are taken before either network changes.
+        g_gradients = g_tape.gradient(scaled_g_loss, self.generator.trainable_variables)
+        d_gradients = d_tape.gradient(scaled_d_loss, self.discriminator.trainable_variables)
+        self.d_optimizer.apply_gradients(zip(d_gradients, self.discriminator.trainable_variables))
+        self.g_optimizer.apply_gradients(zip(g_gradients, self.generator.trainable_variables))
+        return {"d_loss": d_loss, "g_loss": g_loss}
+
     def update_discriminator(self, real_images, generated_images, update: int = 0):
         """Apply one discriminator update with real_images as real and generated_images as generated; return d_loss.
 
@@ -148,16 +188,23 @@ class GAN(keras.Model):
         generated_images = tf.cast(generated_images, real_images.dtype)
         with tf.GradientTape() as tape:
             logits = self.discriminator(tf.concat([real_images, generated_images], axis=0), training=True)
-            per_example = losses.discriminator_loss(self.loss_name, logits[:batch_size], logits[batch_size:])
-            if self.loss_name == "wgan_gp":
-                seed = self._step_seed(_PENALTY_STREAM, update)
-                penalty = losses.gradient_penalty(self.discriminator, real_images, generated_images, seed)
-                per_example += self.gp_weight * penalty
-            d_loss = self._average(per_example, real_images)
+            d_loss = self._discriminator_objective(
+                real_images, generated_images, logits[:batch_size], logits[batch_size:], update
+            )
             scaled_d_loss = self.d_optimizer.scale_loss(d_loss)
 
         self._apply(self.d_optimizer, tape, scaled_d_loss, self.discriminator.trainable_variables)
         return d_loss
+
+    def _discriminator_objective(self, real_images, generated_images, real_logits, generated_logits, update: int):
+        # The discriminator's loss averaged over the global batch, with the WGAN-GP penalty when set.
+        per_example = losses.discriminator_loss(self.loss_name, real_logits, generated_logits)
+        if self.loss_name == "wgan_gp":
+            seed = self._step_seed(_PENALTY_STREAM, update)
+            generated_images = tf.cast(generated_images, real_images.dtype)
+            penalty = losses.gradient_penalty(self.discriminator, real_images, generated_images, seed)
+            per_example += self.gp_weight * penalty
+        return self._average(per_example, real_images)
 
     def _apply(self, optimizer, tape, scaled_loss, variables) -> None:
         # scaled_loss is optimizer.scale_loss(loss), recorded on the tape: a LossScaleOptimizer (float16)

@@ -156,6 +156,7 @@ def build_gan(train: TrainConfig, height: int, width: int, channels: int, strate
                 loss=train.loss,
                 gp_weight=train.gp_weight,
                 d_steps_per_g_step=train.d_steps_per_g_step,
+                update_scheme=train.update_scheme,
                 ema_decay=train.ema_decay,
                 global_batch_size=train.batch_size,
             )
