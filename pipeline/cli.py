@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from pipeline.config import FLAT_SETTINGS, DEFAULT_HOME
+from pipeline.config import DEFAULT_HOME, FLAT_SETTINGS, describe_setting
 from pipeline.errors import PipelineError
 from pipeline.presets import PRESET_KEY, PRESETS, resolve_preset
 
@@ -32,7 +32,7 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     for key, (_, _, kind) in FLAT_SETTINGS.items():
         flag = "--" + key.replace("_", "-")
         # Values stay strings here; PipelineConfig validates and converts them with named errors.
-        group.add_argument(flag, dest=key, metavar=kind.__name__.upper())
+        group.add_argument(flag, dest=key, metavar=kind.__name__.upper(), help=describe_setting(key).replace("%", "%%"))
 
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:

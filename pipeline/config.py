@@ -288,3 +288,12 @@ _RULES = [
     ("extractor", "must be classifier or inception_v3", lambda v: v in ("classifier", "inception_v3")),
     ("precision_recall_k", "must be a positive integer", _positive),
 ]
+
+
+def describe_setting(key: str) -> str:
+    """Return the help text of flat setting `key`: its rule, if it has one, and its built-in default."""
+    rules = {rule_key: rule for rule_key, rule, _ in _RULES}
+    default = PipelineConfig().to_flat()[key]
+    shown = "unset" if default is None else str(default).lower() if isinstance(default, bool) else default
+    rule = rules.get(key)
+    return f"{rule}; default {shown}" if rule else f"default {shown}"

@@ -83,3 +83,14 @@ def test_cli_rejects_abbreviated_flag():
 
     assert result.returncode == 2
     assert "--epoch" in result.stderr
+
+
+def test_cli_help_shows_setting_defaults():
+    result = run_cli("train", "--help")
+    # argparse wraps help text to the terminal width, so compare with whitespace collapsed.
+    help_text = " ".join(result.stdout.split())
+
+    assert result.returncode == 0
+    assert "--batch-size INT must be between 1 and 65536; default 128" in help_text
+    assert "--update-scheme STR must be one of alternating, simultaneous; default alternating" in help_text
+    assert "--steps INT must be a positive integer or unset; default unset" in help_text
