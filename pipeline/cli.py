@@ -164,7 +164,7 @@ def _runs(values: dict[str, Any]) -> dict[str, Any]:
     from pipeline.retention import scan_runs
     from pipeline.storage import open_store
 
-    store = open_store(PipelineConfig.from_mapping(values).store)
+    store = open_store(PipelineConfig.from_mapping(values).store, create=False)
     return {"runs": list_runs(store), "incomplete_runs": scan_runs(store).incomplete}
 
 
@@ -174,7 +174,7 @@ def _generate(values: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     from pipeline.storage import open_store
 
     config = PipelineConfig.from_mapping(values)
-    store = open_store(config.store)
+    store = open_store(config.store, create=False)
     return generate_images(config, store, args.model, args.count, args.out, latents=args.latents, seed=args.latent_seed)
 
 

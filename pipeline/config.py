@@ -294,6 +294,10 @@ def describe_setting(key: str) -> str:
     """Return the help text of flat setting `key`: its rule, if it has one, and its built-in default."""
     rules = {rule_key: rule for rule_key, rule, _ in _RULES}
     default = PipelineConfig().to_flat()[key]
-    shown = "unset" if default is None else str(default).lower() if isinstance(default, bool) else default
+    if default is None:
+        default = "unset"
+    elif isinstance(default, bool):
+        default = str(default).lower()
+
     rule = rules.get(key)
-    return f"{rule}; default {shown}" if rule else f"default {shown}"
+    return f"{rule}; default {default}" if rule else f"default {default}"

@@ -29,7 +29,7 @@ def generate_promoted_grid(values: Mapping[str, Any], count: int = SAMPLE_COUNT,
     Returns `{"run_id", "samples_key", "samples_location", "count"}`.
     """
     config = PipelineConfig.from_mapping(values)
-    store = open_store(config.store)
+    store = open_store(config.store, create=False)
     if not store.exists(BEST_POINTER):
         raise StoreError(f"{store.location(BEST_POINTER)} not found: no model has been promoted yet, run gan_retraining first")
     pointer = store.get_json(BEST_POINTER)

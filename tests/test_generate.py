@@ -136,3 +136,14 @@ def test_random_latents_differ_from_fixed_latents():
 
     assert random_latents.shape == (16, 8)
     assert not np.allclose(random_latents, make_fixed_latents(0, 8, 16))
+
+
+@pytest.mark.parametrize("command", [["runs"], ["generate", "--out", "grid.png"]])
+def test_read_only_command_rejects_missing_store(tmp_path, caplog, command):
+    missing = tmp_path / "mistyped-store"
+
+    code = cli.main([*command, "--store-uri", str(missing)])
+
+    assert code == 2
+    assert f"store directory {missing} not found" in caplog.text
+    assert not missing.exists()

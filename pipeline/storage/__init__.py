@@ -9,14 +9,15 @@ from pipeline.storage.base import ArtifactStore, ObjectInfo, sha256_file
 __all__ = ["ArtifactStore", "ObjectInfo", "open_store", "sha256_file"]
 
 
-def open_store(config: StoreConfig, session=None) -> ArtifactStore:
+def open_store(config: StoreConfig, session=None, create: bool = True) -> ArtifactStore:
     """Open the store at `config.uri`: `s3://bucket/prefix` or a local directory (`file://` optional).
 
     `session` is an optional boto3 session. Without one, credentials come from, in this order: the
     Airflow connection `config.aws_conn_id` (which also gives the endpoint URL), the named profile
     `config.profile` of the AWS config files, or boto3's default chain (environment variables,
     files, instance roles). `config.endpoint_url` and `config.region` take precedence over the
-    connection's values. Credentials are never logged.
+    connection's values. Credentials are never logged. With `create` false, a missing local store
+    directory raises StoreError instead of being created (for commands that only read).
     """
     uri = config.uri
     if uri.startswith("s3://"):
@@ -42,7 +43,7 @@ def open_store(config: StoreConfig, session=None) -> ArtifactStore:
         raise ConfigError("store_uri", uri, "must be a local directory, file://PATH or s3://BUCKET[/PREFIX]")
     from pipeline.storage.local import LocalStore
 
-    return LocalStore(uri.removeprefix("file://"))
+    return LocalStore(uri.removeprefix("file://"), create=create)
 
 
 def _profile_session(profile: str):

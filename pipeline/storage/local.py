@@ -17,13 +17,20 @@ logger = logging.getLogger(__name__)
 
 
 class LocalStore(ArtifactStore):
-    """Objects are files under `root`; writes go to a temporary file that is then renamed."""
+    """Objects are files under `root`; writes go to a temporary file that is then renamed.
 
-    def __init__(self, root: str | Path):
+    A missing `root` is created, unless `create` is false: then it raises StoreError, so that a
+    reader given a mistyped path fails instead of reading an empty store.
+    """
+
+    def __init__(self, root: str | Path, create: bool = True):
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
-        # NOTE: read-only commands (runs, generate) also create a missing root, so a mistyped store
-        # path reads as an empty store instead of failing.
+        if not create and not self.root.is_dir():
+            raise StoreError(
+                f"store directory {self.root} not found: check store_uri, or run a pipeline step that writes "
+                "to this store first"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
