@@ -197,6 +197,13 @@ def test_evaluate_html_states_counts_and_accuracy(evaluated):
     assert f"{evaluated.result['classifier_test_accuracy']:.4f}" in page
 
 
+def test_first_run_html_says_nothing_promoted_yet(evaluated):
+    page = Path(evaluated.store.location(evaluated.result["report_html_key"])).read_text()
+
+    assert "No model was promoted when this run was evaluated" in page
+    assert "<code>promotion</code> in its run.json" in page
+
+
 def test_evaluate_second_call_reuses_report(evaluated):
     report_path = Path(evaluated.store.location(evaluated.result["report_key"]))
     before = (report_path.read_bytes(), report_path.stat().st_mtime_ns)

@@ -154,7 +154,9 @@ def _metrics_section(report: dict[str, Any]) -> str:
             "↓ lower is better, ↑ higher is better.</p>",
             "<p class=\"note\">FID is biased upwards at small sample counts: compare FID values only at "
             "equal sample counts and with the same feature extractor. KID is unbiased, so it can be "
-            "slightly negative when the two sets match. Values from the dataset's own classifier are "
+            "slightly negative when the two sets match. KID's polynomial kernel works on the raw feature "
+            "values, so its scale follows the extractor: the classifier's KID can be far larger than "
+            "Inception-v3 KID for the same images. Values from the dataset's own classifier are "
             "not comparable with published Inception-v3 values.</p>",
         ]
     )
@@ -166,9 +168,17 @@ def _floor(floor: dict[str, Any], metric: str, field: str) -> str:
 
 
 def _promoted_section(promoted: dict[str, Any] | None) -> str:
-    heading = "<h2>Compared with the promoted model</h2>"
+    # The report is written before the publish step, and run.json records its hash, so the page
+    # shows the model promoted at evaluation time and points to where this run's decision is kept.
+    heading = "<h2>Compared with the model promoted before this run</h2>"
+    decision = (
+        '<p class="note">The publish step then decides whether this run is promoted: see '
+        "<code>promotion</code> in its run.json, or <code>python -m pipeline runs</code>.</p>"
+    )
     if promoted is None:
-        return f"{heading}\n<p>No model is promoted yet (models/best.json not found).</p>"
+        return "\n".join(
+            [heading, "<p>No model was promoted when this run was evaluated (models/best.json not found).</p>", decision]
+        )
     rows = [
         ("FID", _format(promoted.get("fid")), _signed(promoted.get("fid_change"))),
         ("KID", _format(promoted.get("kid_mean")), _signed(promoted.get("kid_change"))),
@@ -185,6 +195,7 @@ def _promoted_section(promoted: dict[str, Any] | None) -> str:
             "A negative change means this run is better.</p>",
             _table(("metric", "promoted", "this run minus promoted"), rows),
             f'<p class="note">{html.escape(note)}</p>',
+            decision,
         ]
     )
 
