@@ -27,7 +27,10 @@ reported. A profile then times the parts of one step as separate compiled functi
 on one core, so the rates measure the work of each loop with far less noise from the other core
 and from other processes; the default (0) lets TensorFlow use every core.
 
-Run: python benchmarks/bench_training.py [--steps 30] [--rounds 2] [--threads 0] [--output results.json]
+`--mixed-precision bfloat16` builds every loop's networks under Keras's mixed_bfloat16 policy.
+
+Run: python benchmarks/bench_training.py [--steps 30] [--rounds 2] [--threads 0] [--mixed-precision none]
+     [--output results.json]
 """
 
 from __future__ import annotations
@@ -62,13 +65,35 @@ def load_batches(count: int):
     return tf.data.Dataset.from_tensor_slices(real_images).batch(BATCH_SIZE, drop_remainder=True).cache().repeat()
 
 
+# The mixed_precision setting of every loop: "none" (float32) or "bfloat16" (--mixed-precision).
+MIXED_PRECISION = {"value": "none"}
+
+
 def build_networks():
+    """Build the generator and discriminator under the dtype policy of MIXED_PRECISION."""
     import keras
 
     from pipeline.models.dcgan import build_discriminator, build_generator
 
     keras.utils.set_random_seed(0)
-    return build_generator(LATENT_DIM, 28, 28, 1), build_discriminator(28, 28, 1)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if MIXED_PRECISION["value"] == "bfloat16" else "float32")
+    try:
+        return build_generator(LATENT_DIM, 28, 28, 1), build_discriminator(28, 28, 1)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def train_settings(update_scheme: str):
+    """Return the TrainConfig of the trainer loops: batch, latent size and precision of every loop."""
+    from pipeline.config import TrainConfig
+
+    return TrainConfig(
+        batch_size=BATCH_SIZE,
+        latent_dim=LATENT_DIM,
+        update_scheme=update_scheme,
+        mixed_precision=MIXED_PRECISION["value"],
+    )
 
 
 def adam():
@@ -92,14 +117,12 @@ class Timer:
 
 def make_trainer(dataset, jit_compile: bool = False, update_scheme: str = "alternating"):
     """Return run(steps) -> images/s for this project's compiled step."""
-    from pipeline.config import TrainConfig
     from pipeline.training.train import build_gan, make_step_function
 
     import keras
 
     keras.utils.set_random_seed(0)
-    settings = TrainConfig(batch_size=BATCH_SIZE, latent_dim=LATENT_DIM, update_scheme=update_scheme)
-    gan = build_gan(settings, 28, 28, 1)
+    gan = build_gan(train_settings(update_scheme), 28, 28, 1)
     step = make_step_function(gan, jit_compile=jit_compile)
     batches = iter(dataset)
 
@@ -218,10 +241,9 @@ def profile_step(dataset, repeats: int) -> dict[str, float]:
     """Return milliseconds per call of the parts of the trainer's step, each compiled on its own."""
     import tensorflow as tf
 
-    from pipeline.config import TrainConfig
     from pipeline.training.train import build_gan, make_step_function
 
-    gan = build_gan(TrainConfig(batch_size=BATCH_SIZE, latent_dim=LATENT_DIM), 28, 28, 1)
+    gan = build_gan(train_settings("alternating"), 28, 28, 1)
     real_images = next(iter(dataset))
     generated_images = gan.generator(gan.sample_latent(BATCH_SIZE), training=True)
     pair = tf.concat([real_images, generated_images], axis=0)
@@ -248,9 +270,7 @@ def profile_step(dataset, repeats: int) -> dict[str, float]:
         return g_loss
 
     full_step = make_step_function(gan)
-    simultaneous_gan = build_gan(
-        TrainConfig(batch_size=BATCH_SIZE, latent_dim=LATENT_DIM, update_scheme="simultaneous"), 28, 28, 1
-    )
+    simultaneous_gan = build_gan(train_settings("simultaneous"), 28, 28, 1)
     simultaneous_step = make_step_function(simultaneous_gan)
     parts = {
         "generator forward (128 latents)": generator_forward,
@@ -281,8 +301,15 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="TensorFlow intra-op and inter-op threads (0: TensorFlow's default)"
     )
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("none", "bfloat16"),
+        default="none",
+        help="compute dtype of every loop's networks (bfloat16: the mixed_bfloat16 policy)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    MIXED_PRECISION["value"] = args.mixed_precision
 
     import tensorflow as tf
 
@@ -311,6 +338,7 @@ def main() -> None:
         "tensorflow": tf.__version__,
         "cpu_count": os.cpu_count(),
         "threads": args.threads or "default",
+        "mixed_precision": args.mixed_precision,
         "load_average_1min": round(os.getloadavg()[0], 2),
         "batch_size": BATCH_SIZE,
         "steps_per_round": args.steps,

@@ -111,6 +111,8 @@ class GAN(keras.Model):
             self.update_discriminator(real_images, generated_images, update)
 
         last_update = self.d_steps_per_g_step - 1
+        # NOTE: on a 2-core CPU, alternating measured 1.16x to 1.22x the Keras fit() loop and simultaneous
+        # 1.27x to 1.30x, against a 1.3x goal (docs/benchmarks.md): alternating saves one generator pass only.
         if self.update_scheme == "simultaneous":
             return self._simultaneous_updates(real_images, last_update)
 
@@ -134,8 +136,6 @@ class GAN(keras.Model):
         Returns the running d_loss and g_loss, plus `generator_finite` and `discriminator_finite`:
         whether every weight of that network is finite after this step.
         """
-        # NOTE: the EMA update and the all-finite reductions run every step. On a 2-core CPU the whole
-        # step measured 1.25x the Keras fit() loop (benchmarks/bench_training.py), below the 1.3x goal.
         update_ema(self.ema_generator, self.generator, ema_decay_at(self.ema_decay, self.step_counter))
         self.step_counter.assign_add(1)
 
