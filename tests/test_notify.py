@@ -162,5 +162,16 @@ def test_generate_promoted_grid_without_best_raises(tmp_path):
     from pipeline.consumer import generate_promoted_grid
     from pipeline.errors import StoreError
 
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+
     with pytest.raises(StoreError, match="no model has been promoted yet"):
-        generate_promoted_grid({"store_uri": str(tmp_path / "store")})
+        generate_promoted_grid({"store_uri": str(store_dir)})
+
+
+def test_generate_promoted_grid_missing_store_raises(tmp_path):
+    from pipeline.consumer import generate_promoted_grid
+    from pipeline.errors import StoreError
+
+    with pytest.raises(StoreError, match="store directory .* not found"):
+        generate_promoted_grid({"store_uri": str(tmp_path / "mistyped")})
