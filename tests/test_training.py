@@ -365,3 +365,59 @@ def test_flip_setting_keeps_fingerprint(dataset):
     from pipeline.data.prepare import preprocessing_settings
 
     assert preprocessing_settings(dataset.config(flip=True)) == preprocessing_settings(dataset.config())
+
+
+def _stored_events(store, run_id, tmp_path) -> list[tuple[str, int]]:
+    """Return (tag, step) of every summary value in the run's stored event files."""
+    events = []
+    for info in store.list(run_key(run_id, "tensorboard/")):
+        path = store.get_file(info.key, tmp_path / "read" / info.key.rsplit("/", 1)[-1])
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            events.extend((value.tag, event.step) for value in event.summary.value)
+    return events
+
+
+def test_tensorboard_drops_events_after_resume_step(tmp_path):
+    from pipeline.training.tensorboard import TensorBoardWriter
+
+    store = LocalStore(tmp_path / "store")
+    killed_attempt = TensorBoardWriter(store, "resumed", tmp_path / "attempt-1")
+    for step in (2, 4, 6):
+        killed_attempt.write_scalars(step, {"d_loss": 1.0, "g_loss": 0.5})
+    killed_attempt.close()
+
+    TensorBoardWriter(store, "resumed", tmp_path / "attempt-2").drop_events_after(4)
+
+    events = _stored_events(store, "resumed", tmp_path)
+    assert sorted(events) == [("d_loss", 2), ("d_loss", 4), ("g_loss", 2), ("g_loss", 4)]
+
+
+def test_tensorboard_drop_keeps_unchanged_file(tmp_path):
+    from pipeline.training.tensorboard import TensorBoardWriter
+
+    store = LocalStore(tmp_path / "store")
+    attempt = TensorBoardWriter(store, "resumed", tmp_path / "attempt-1")
+    attempt.write_scalars(2, {"d_loss": 1.0})
+    attempt.close()
+    [info] = store.list(run_key("resumed", "tensorboard/"))
+    before = store.get_bytes(info.key)
+
+    TensorBoardWriter(store, "resumed", tmp_path / "attempt-2").drop_events_after(2)
+
+    assert store.get_bytes(info.key) == before
+
+
+def test_tensorboard_drop_removes_cut_record(tmp_path):
+    from pipeline.training.tensorboard import TensorBoardWriter
+
+    store = LocalStore(tmp_path / "store")
+    attempt = TensorBoardWriter(store, "resumed", tmp_path / "attempt-1")
+    attempt.write_scalars(2, {"d_loss": 1.0})
+    attempt.close()
+    [info] = store.list(run_key("resumed", "tensorboard/"))
+    complete = store.get_bytes(info.key)
+    store.put_bytes(info.key, complete + complete[-30:-5])
+
+    TensorBoardWriter(store, "resumed", tmp_path / "attempt-2").drop_events_after(2)
+
+    assert store.get_bytes(info.key) == complete

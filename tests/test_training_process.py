@@ -188,6 +188,17 @@ def test_tensorboard_events_in_store(workspace, killed_run, tmp_path):
     assert {"d_loss", "g_loss", "images_per_second", "samples"} <= tags
 
 
+def test_tensorboard_has_one_value_per_step(workspace, killed_run, tmp_path):
+    values = []
+    for info in workspace.store.list(run_key("killed", "tensorboard/")):
+        path = workspace.store.get_file(info.key, tmp_path / info.key.rsplit("/", 1)[-1])
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            values.extend((value.tag, event.step) for value in event.summary.value)
+
+    assert values
+    assert len(values) == len(set(values))
+
+
 DETERMINISM_SCRIPT = """
 import json, sys
 import keras

@@ -13,11 +13,13 @@ tf.summary.write and the plugin names that TensorBoard's scalar and image dashbo
 from __future__ import annotations
 
 import logging
+import struct
 from pathlib import Path
 
 import tensorflow as tf
 from PIL import Image
 from tensorflow.core.framework import summary_pb2
+from tensorflow.core.util import event_pb2
 
 from pipeline.layout import TENSORBOARD_DIR, run_key
 from pipeline.storage.base import ArtifactStore
@@ -35,8 +37,21 @@ class TensorBoardWriter:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.writer = tf.summary.create_file_writer(str(self.directory))
 
-    # NOTE: an attempt killed after its last checkpoint leaves events for steps that the next attempt
-    # trains again, so TensorBoard can show two values at those steps (metrics.jsonl drops them).
+    def drop_events_after(self, step: int) -> None:
+        """Rewrite the stored event files of earlier attempts without their summaries after `step`.
+
+        An attempt killed after its last checkpoint leaves events for steps that the resumed
+        attempt trains again, and TensorBoard would show both values. Call this before the first
+        upload of a resumed attempt, with the step of the restored checkpoint. Events without a
+        summary (the file version) are kept, and a file that changes nothing is not rewritten.
+        """
+        for info in self.store.list(run_key(self.run_id, f"{TENSORBOARD_DIR}/")):
+            data = self.store.get_bytes(info.key)
+            trimmed = _records_up_to_step(data, step)
+            if trimmed != data:
+                self.store.put_bytes(info.key, trimmed)
+                log.info("run %s: dropped TensorBoard events after step %d from %s", self.run_id, step, info.key)
+
     def write_scalars(self, step: int, values: dict[str, float | None]) -> None:
         """Write each non-None value as a scalar at `step`, then upload."""
         with self.writer.as_default(step=step):
@@ -66,6 +81,31 @@ class TensorBoardWriter:
     def close(self) -> None:
         self.upload()
         self.writer.close()
+
+
+# A TFRecord record: uint64 length, uint32 masked CRC of the length, the data, uint32 masked CRC of the data.
+_LENGTH = struct.Struct("<Q")
+_HEADER_SIZE = 12
+_FOOTER_SIZE = 4
+
+
+def _records_up_to_step(data: bytes, step: int) -> bytes:
+    """Return the event file `data` without its summary events after `step`, other records byte for byte.
+
+    A record cut short at the end (a writer killed mid-write) is dropped.
+    """
+    kept = []
+    offset = 0
+    while offset + _HEADER_SIZE <= len(data):
+        (length,) = _LENGTH.unpack_from(data, offset)
+        end = offset + _HEADER_SIZE + length + _FOOTER_SIZE
+        if end > len(data):
+            break
+        event = event_pb2.Event.FromString(data[offset + _HEADER_SIZE : end - _FOOTER_SIZE])
+        if not event.HasField("summary") or event.step <= step:
+            kept.append(data[offset:end])
+        offset = end
+    return b"".join(kept)
 
 
 def _metadata(plugin_name: str) -> summary_pb2.SummaryMetadata:

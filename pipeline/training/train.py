@@ -320,6 +320,7 @@ def _train_run(
     latents = load_or_create_fixed_latents(store, latents_key, config.train.seed, config.train.latent_dim)
 
     tensorboard = TensorBoardWriter(store, run_id, work_dir)
+    tensorboard.drop_events_after(start_step)
 
     # The guard runs first, so a step with a non-finite loss or weight is never checkpointed.
     callbacks = [
