@@ -42,7 +42,10 @@ def resolve_run_id(store: ArtifactStore, model: str) -> str:
     if model in POINTERS:
         key = POINTERS[model]
         if not store.exists(key):
-            raise StoreError(f"{store.location(key)} not found: no run has been published as {model} yet")
+            raise StoreError(
+                f"{store.location(key)} not found: no run has been published as {model} yet. "
+                "Run `python -m pipeline run` or the gan_retraining DAG first, or pass --model RUN_ID"
+            )
         return store.get_json(key)["run_id"]
 
     run_id = safe_run_id(model)

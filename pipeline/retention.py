@@ -47,7 +47,7 @@ def scan_runs(store: ArtifactStore) -> RunScan:
     complete = sorted(run_id for run_id, done in has_run_json.items() if done)
     incomplete = sorted(run_id for run_id, done in has_run_json.items() if not done)
     for run_id in incomplete:
-        logger.info("ignored run %s: it has no run.json, so it is still running or failed", run_id)
+        logger.debug("ignored run %s: it has no run.json, so it is still running or failed", run_id)
     return RunScan(complete=complete, incomplete=incomplete)
 
 

@@ -111,6 +111,7 @@ def put_run(store: LocalStore, root: Path, run_id: str, fingerprint: str, genera
             "steps": 30,
             "d_loss": 1.1,
             "g_loss": 1.0,
+            "train_settings": {"loss": "hinge", "update_scheme": "simultaneous", "checkpoint_every": 500},
         },
     )
 
@@ -195,6 +196,14 @@ def test_evaluate_html_states_counts_and_accuracy(evaluated):
 
     assert "128 generated vs 128 real" in page
     assert f"{evaluated.result['classifier_test_accuracy']:.4f}" in page
+
+
+def test_report_records_training_settings(evaluated):
+    report = evaluated.store.get_json(evaluated.result["report_key"])
+    page = Path(evaluated.store.location(evaluated.result["report_html_key"])).read_text()
+
+    assert report["training_settings"] == {"loss": "hinge", "update_scheme": "simultaneous"}
+    assert "<td>update_scheme</td><td>simultaneous</td>" in page
 
 
 def test_first_run_html_says_nothing_promoted_yet(evaluated):

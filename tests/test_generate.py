@@ -147,3 +147,13 @@ def test_read_only_command_rejects_missing_store(tmp_path, caplog, command):
     assert code == 2
     assert f"store directory {missing} not found" in caplog.text
     assert not missing.exists()
+
+
+def test_store_path_that_is_a_file_is_rejected(tmp_path, caplog):
+    settings_file = tmp_path / "settings.yaml"
+    settings_file.write_text("epochs: 1\n")
+
+    code = cli.main(["runs", "--store-uri", str(settings_file)])
+
+    assert code == 2
+    assert f"store path {settings_file} is not a directory" in caplog.text

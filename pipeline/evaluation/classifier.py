@@ -137,7 +137,7 @@ def _fit(model: keras.Model, train_dataset, test_dataset, epochs: int, train_ste
         metrics=["accuracy"],
     )
 
-    logger.info("training feature classifier: %d epochs of %d steps", epochs, train_steps)
+    logger.info("training feature classifier: %d epoch(s) of %d steps", epochs, train_steps)
     start = time.perf_counter()
     model.fit(train_dataset, epochs=epochs, shuffle=False, verbose=0)
     seconds = time.perf_counter() - start

@@ -34,6 +34,17 @@ BATCH_SIZE = 256
 # The accuracy on Fashion-MNIST's test split below which the report flags the classifier's features as weak.
 CLASSIFIER_ACCURACY_TARGET = 0.90
 _TRAINING_FIELDS = ("steps", "epochs", "batch_size", "latent_dim", "d_loss", "g_loss", "images_per_second")
+# Settings from train.json that tell how the generator was trained, shown in the report next to the fields.
+_TRAINING_SETTINGS = (
+    "loss",
+    "update_scheme",
+    "d_steps_per_g_step",
+    "generator_learning_rate",
+    "discriminator_learning_rate",
+    "ema_decay",
+    "mixed_precision",
+    "seed",
+)
 
 
 def evaluate_run(config: PipelineConfig, store: ArtifactStore, fingerprint: str, run_id: str) -> dict[str, Any]:
@@ -231,6 +242,11 @@ def _build_report(
         "label_names": list(manifest.label_names),
         "final_losses": {name: training.get(name) for name in ("steps", "d_loss", "g_loss")},
         "training": {name: training[name] for name in _TRAINING_FIELDS if name in training},
+        "training_settings": {
+            name: training["train_settings"][name]
+            for name in _TRAINING_SETTINGS
+            if name in training.get("train_settings", {})
+        },
     }
 
 

@@ -89,7 +89,7 @@ def render_report_html(report: dict[str, Any], figures: Mapping[str, bytes | Non
         '<p class="note">Each row: a generated sample, then its nearest real training images in the '
         "extractor's feature space. Rows that repeat a training image point to memorisation.</p>",
         _image_section("Loss curves (metrics.jsonl)", figures.get("loss"), "d_loss and g_loss against step", "plot"),
-        _training_section(report.get("training", {})),
+        _training_section(report.get("training", {}), report.get("training_settings", {})),
     ]
     return "\n".join(
         [
@@ -234,12 +234,13 @@ def _raw_section(png: bytes | None) -> str:
     )
 
 
-def _training_section(training: dict[str, Any]) -> str:
+def _training_section(training: dict[str, Any], settings: dict[str, Any]) -> str:
     if not training:
         return "<h2>Training</h2>\n<p>train.json has no summary for this run.</p>"
     names = ("steps", "epochs", "batch_size", "latent_dim", "d_loss", "g_loss", "images_per_second")
     rows = [(name, _format(training[name])) for name in names if name in training]
-    return "<h2>Training (final values)</h2>\n" + _table(("field", "value"), rows)
+    rows += [(name, _format(value)) for name, value in settings.items()]
+    return "<h2>Training (final values and settings)</h2>\n" + _table(("field", "value"), rows)
 
 
 def _image_section(title: str, png: bytes | None, alt: str, css_class: str) -> str:

@@ -26,7 +26,9 @@ class LocalStore(ArtifactStore):
     def __init__(self, root: str | Path, create: bool = True):
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
-        if not create and not self.root.is_dir():
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"store path {self.root} is not a directory: set store_uri to a directory")
+        if not create and not self.root.exists():
             raise StoreError(
                 f"store directory {self.root} not found: check store_uri, or run a pipeline step that writes "
                 "to this store first"

@@ -332,7 +332,7 @@ def _train_run(
     ]
 
     log.info(
-        "run %s: training %d steps (%d epochs of %d steps, batch %d) on dataset %s, starting at step %d",
+        "run %s: training %d steps (%d epoch(s) of %d steps, batch %d) on dataset %s, starting at step %d",
         run_id, plan.total_steps, plan.num_epochs, plan.steps_per_epoch, plan.batch_size, fingerprint, start_step,
     )
     initial_logs = {name: latest.get(name, math.nan) for name in hooks.LOSS_NAMES}
