@@ -55,7 +55,7 @@ import pendulum
 from airflow.sdk import Param, dag, get_current_context, task
 
 from pipeline.assets import PREPARED_DATASET, PROMOTED_MODEL, store_settings
-from pipeline.config import DEFAULT_STORE_AWS_CONN_ID, DEFAULT_STORE_URI, SOURCE_PATTERN
+from pipeline.config import DEFAULT_STORE_AWS_CONN_ID, DEFAULT_STORE_URI, SETTING_DESCRIPTIONS, SOURCE_PATTERN
 from pipeline.notify import on_task_failure
 from pipeline.presets import NO_PRESET, PRESETS
 
@@ -81,112 +81,122 @@ PARAMS = {
         "fashion_mnist",
         type="string",
         pattern=SOURCE_PATTERN,
-        description="Dataset source: fashion_mnist, idx:<directory>, tfds:<name>[:<version>], folder:<directory> or npz:<file>.",
+        description=SETTING_DESCRIPTIONS["source"],
     ),
-    "epochs": Param(25, type="integer", minimum=1, maximum=10_000, description="Training epochs."),
+    "epochs": Param(25, type="integer", minimum=1, maximum=10_000, description=SETTING_DESCRIPTIONS["epochs"]),
     "steps": Param(
         None,
         type=["null", "integer"],
         minimum=1,
-        description="Training steps; overrides epochs when set.",
+        description=SETTING_DESCRIPTIONS["steps"],
     ),
-    "batch_size": Param(128, type="integer", minimum=1, maximum=65_536, description="Images per step."),
-    "latent_dim": Param(100, type="integer", minimum=1, maximum=4096, description="Size of the latent vector."),
-    "generator_learning_rate": Param(2e-4, type="number", exclusiveMinimum=0, maximum=1, description="Adam learning rate of the generator."),
+    "batch_size": Param(128, type="integer", minimum=1, maximum=65_536, description=SETTING_DESCRIPTIONS["batch_size"]),
+    "latent_dim": Param(100, type="integer", minimum=1, maximum=4096, description=SETTING_DESCRIPTIONS["latent_dim"]),
+    "generator_learning_rate": Param(
+        2e-4, type="number", exclusiveMinimum=0, maximum=1, description=SETTING_DESCRIPTIONS["generator_learning_rate"]
+    ),
     "discriminator_learning_rate": Param(
-        2e-4, type="number", exclusiveMinimum=0, maximum=1, description="Adam learning rate of the discriminator."
+        2e-4, type="number", exclusiveMinimum=0, maximum=1,
+        description=SETTING_DESCRIPTIONS["discriminator_learning_rate"],
     ),
-    "seed": Param(0, type="integer", minimum=0, description="Seed for initialisation, data order and latents."),
+    "seed": Param(0, type="integer", minimum=0, description=SETTING_DESCRIPTIONS["seed"]),
     "num_samples": Param(
-        10_000, type="integer", minimum=2, description="Generated images compared with the real test split."
+        10_000, type="integer", minimum=2, description=SETTING_DESCRIPTIONS["num_samples"]
     ),
     "max_train_examples": Param(
-        None, type=["null", "integer"], minimum=1, description="Use only the first N training images."
+        None, type=["null", "integer"], minimum=1, description=SETTING_DESCRIPTIONS["max_train_examples"]
     ),
     "max_test_examples": Param(
-        None, type=["null", "integer"], minimum=1, description="Use only the first N test images."
+        None, type=["null", "integer"], minimum=1, description=SETTING_DESCRIPTIONS["max_test_examples"]
     ),
-    "kid_subset_size": Param(1000, type="integer", minimum=2, description="Images per KID subset."),
-    "kid_subsets": Param(10, type="integer", minimum=1, description="Number of KID subsets."),
-    "classifier_epochs": Param(3, type="integer", minimum=1, description="Epochs of the FID feature classifier."),
+    "kid_subset_size": Param(1000, type="integer", minimum=2, description=SETTING_DESCRIPTIONS["kid_subset_size"]),
+    "kid_subsets": Param(10, type="integer", minimum=1, description=SETTING_DESCRIPTIONS["kid_subsets"]),
+    "classifier_epochs": Param(3, type="integer", minimum=1, description=SETTING_DESCRIPTIONS["classifier_epochs"]),
     "extractor": Param(
         "classifier",
         type="string",
         enum=["classifier", "inception_v3"],
-        description="Features for FID, KID and precision/recall: the dataset's own classifier or InceptionV3.",
+        description=SETTING_DESCRIPTIONS["extractor"],
     ),
     "inception_weights": Param(
         None,
         type=["null", "string"],
-        description="Local file with InceptionV3 (include_top=False) weights; default: the Keras cache or a download.",
+        description=SETTING_DESCRIPTIONS["inception_weights"],
     ),
-    "precision_recall_k": Param(3, type="integer", minimum=1, description="Neighbours k of the precision/recall manifolds."),
-    "records_per_shard": Param(10_000, type="integer", minimum=1, description="TFRecord records per shard."),
-    "height": Param(None, type=["null", "integer"], minimum=1, maximum=4096, description="Image height in pixels; unset keeps the source's."),
-    "width": Param(None, type=["null", "integer"], minimum=1, maximum=4096, description="Image width in pixels; unset keeps the source's."),
-    "channels": Param(None, type=["null", "integer"], enum=[None, 1, 3], description="1 (grayscale) or 3 (RGB); unset keeps the source's."),
-    "resize_mode": Param("crop", type="string", enum=["crop", "pad"], description="Other aspect ratios: crop the centre or pad the border."),
-    "background": Param("black", type="string", minLength=1, description="Colour behind transparent pixels and padding, e.g. white or #808080."),
-    "test_fraction": Param(0.1, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="Share held out as the test split by folder and npz sources without one."),
-    "max_skipped_fraction": Param(0.05, type="number", minimum=0, maximum=1, description="Fail preparation when a larger share of image files cannot be decoded."),
-    "tfds_data_dir": Param(None, type=["null", "string"], description="TensorFlow Datasets data_dir; unset uses TFDS_DATA_DIR or ~/tensorflow_datasets."),
-    "tfds_download": Param(False, type="boolean", description="Let a tfds: source download data that tfds_data_dir lacks."),
-    "flip": Param(False, type="boolean", description="Mirror training images left-right with probability 1/2."),
-    "checkpoint_every": Param(500, type="integer", minimum=1, description="Steps between checkpoints."),
-    "log_every": Param(100, type="integer", minimum=1, description="Steps between progress log lines."),
-    "beta_1": Param(0.5, type="number", minimum=0, exclusiveMaximum=1, description="Adam beta_1 of both optimizers."),
+    "precision_recall_k": Param(3, type="integer", minimum=1, description=SETTING_DESCRIPTIONS["precision_recall_k"]),
+    "records_per_shard": Param(
+        10_000, type="integer", minimum=1, description=SETTING_DESCRIPTIONS["records_per_shard"],
+    ),
+    "height": Param(
+        None, type=["null", "integer"], minimum=1, maximum=4096, description=SETTING_DESCRIPTIONS["height"],
+    ),
+    "width": Param(None, type=["null", "integer"], minimum=1, maximum=4096, description=SETTING_DESCRIPTIONS["width"]),
+    "channels": Param(None, type=["null", "integer"], enum=[None, 1, 3], description=SETTING_DESCRIPTIONS["channels"]),
+    "resize_mode": Param("crop", type="string", enum=["crop", "pad"], description=SETTING_DESCRIPTIONS["resize_mode"]),
+    "background": Param("black", type="string", minLength=1, description=SETTING_DESCRIPTIONS["background"]),
+    "test_fraction": Param(
+        0.1, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description=SETTING_DESCRIPTIONS["test_fraction"],
+    ),
+    "max_skipped_fraction": Param(
+        0.05, type="number", minimum=0, maximum=1, description=SETTING_DESCRIPTIONS["max_skipped_fraction"],
+    ),
+    "tfds_data_dir": Param(None, type=["null", "string"], description=SETTING_DESCRIPTIONS["tfds_data_dir"]),
+    "tfds_download": Param(False, type="boolean", description=SETTING_DESCRIPTIONS["tfds_download"]),
+    "flip": Param(False, type="boolean", description=SETTING_DESCRIPTIONS["flip"]),
+    "checkpoint_every": Param(500, type="integer", minimum=1, description=SETTING_DESCRIPTIONS["checkpoint_every"]),
+    "log_every": Param(100, type="integer", minimum=1, description=SETTING_DESCRIPTIONS["log_every"]),
+    "beta_1": Param(0.5, type="number", minimum=0, exclusiveMaximum=1, description=SETTING_DESCRIPTIONS["beta_1"]),
     "loss": Param(
         "non_saturating",
         type="string",
         enum=["non_saturating", "hinge", "wgan_gp"],
-        description="GAN loss: non_saturating (BCE on logits), hinge, or wgan_gp (Wasserstein with gradient penalty).",
+        description=SETTING_DESCRIPTIONS["loss"],
     ),
-    "gp_weight": Param(10.0, type="number", minimum=0, description="Gradient penalty weight of wgan_gp."),
+    "gp_weight": Param(10.0, type="number", minimum=0, description=SETTING_DESCRIPTIONS["gp_weight"]),
     "d_steps_per_g_step": Param(
-        1, type="integer", minimum=1, maximum=10, description="Discriminator updates per generator update."
+        1, type="integer", minimum=1, maximum=10, description=SETTING_DESCRIPTIONS["d_steps_per_g_step"]
     ),
     "update_scheme": Param(
         "alternating",
         type="string",
         enum=["alternating", "simultaneous"],
-        description="alternating: the generator trains against the just-updated discriminator. "
-        "simultaneous: both take gradients from one forward pass, about 1.1x faster but worse FID per step.",
+        description=SETTING_DESCRIPTIONS["update_scheme"],
     ),
     "ema_decay": Param(
-        0.999, type="number", minimum=0, exclusiveMaximum=1, description="Decay of the generator weights' moving average."
+        0.999, type="number", minimum=0, exclusiveMaximum=1, description=SETTING_DESCRIPTIONS["ema_decay"]
     ),
-    "keep_checkpoints": Param(2, type="integer", minimum=1, description="Newest checkpoints kept in the store."),
+    "keep_checkpoints": Param(2, type="integer", minimum=1, description=SETTING_DESCRIPTIONS["keep_checkpoints"]),
     "mixed_precision": Param(
-        "none", type="string", enum=["none", "bfloat16", "float16"], description="Compute dtype of both networks."
+        "none", type="string", enum=["none", "bfloat16", "float16"], description=SETTING_DESCRIPTIONS["mixed_precision"]
     ),
-    "jit_compile": Param(False, type="boolean", description="Compile the train step with XLA."),
+    "jit_compile": Param(False, type="boolean", description=SETTING_DESCRIPTIONS["jit_compile"]),
     "distribution": Param(
         "auto",
         type="string",
         enum=["auto", "default", "mirrored", "multi_worker"],
-        description="tf.distribute strategy; auto picks multi_worker from TF_CONFIG, mirrored for several GPUs.",
+        description=SETTING_DESCRIPTIONS["distribution"],
     ),
-    "store_uri": Param(DEFAULT_STORE_URI, type="string", minLength=1, description="Local directory or s3://bucket/prefix."),
+    "store_uri": Param(DEFAULT_STORE_URI, type="string", minLength=1, description=SETTING_DESCRIPTIONS["store_uri"]),
     "store_endpoint_url": Param(
-        None, type=["null", "string"], description="S3-compatible endpoint such as http://minio:9000."
+        None, type=["null", "string"], description=SETTING_DESCRIPTIONS["store_endpoint_url"]
     ),
     "store_aws_conn_id": Param(
-        DEFAULT_STORE_AWS_CONN_ID, type=["null", "string"], description="Airflow connection with the S3 credentials."
+        DEFAULT_STORE_AWS_CONN_ID, type=["null", "string"], description=SETTING_DESCRIPTIONS["store_aws_conn_id"]
     ),
-    "store_region": Param(None, type=["null", "string"], description="S3 region name."),
-    "store_create_bucket": Param(False, type="boolean", description="Create the S3 bucket when it is missing."),
+    "store_region": Param(None, type=["null", "string"], description=SETTING_DESCRIPTIONS["store_region"]),
+    "store_create_bucket": Param(False, type="boolean", description=SETTING_DESCRIPTIONS["store_create_bucket"]),
     "store_profile": Param(
-        None, type=["null", "string"], description="AWS profile with the S3 credentials, when no connection is set."
+        None, type=["null", "string"], description=SETTING_DESCRIPTIONS["store_profile"]
     ),
     "store_max_retries": Param(
-        4, type="integer", minimum=0, maximum=20, description="Retries of a failed S3 request, with adaptive backoff."
+        4, type="integer", minimum=0, maximum=20, description=SETTING_DESCRIPTIONS["store_max_retries"]
     ),
     "promotion_margin": Param(
-        0.0, type="number", minimum=0, description="FID a run must beat the best by to become models/best.json."
+        0.0, type="number", minimum=0, description=SETTING_DESCRIPTIONS["promotion_margin"]
     ),
-    "keep_last_runs": Param(10, type="integer", minimum=1, description="Complete runs that retention keeps."),
+    "keep_last_runs": Param(10, type="integer", minimum=1, description=SETTING_DESCRIPTIONS["keep_last_runs"]),
     "delete_old_runs": Param(
-        False, type="boolean", description="Delete complete runs beyond keep_last_runs that no pointer names."
+        False, type="boolean", description=SETTING_DESCRIPTIONS["delete_old_runs"]
     ),
 }
 

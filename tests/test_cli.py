@@ -91,6 +91,7 @@ def test_cli_help_shows_setting_defaults():
     help_text = " ".join(result.stdout.split())
 
     assert result.returncode == 0
-    assert "--batch-size INT must be between 1 and 65536; default 128" in help_text
-    assert "--update-scheme STR must be one of alternating, simultaneous; default alternating" in help_text
-    assert "--steps INT must be a positive integer or unset; default unset" in help_text
+    assert "--batch-size INT Images per step. Must be between 1 and 65536. Default: 128." in help_text
+    assert "Must be one of alternating, simultaneous. Default: alternating." in help_text
+    assert "--steps INT Training steps; overrides epochs when set. Must be a positive integer or unset." in help_text
+    assert "--flip BOOL Mirror training images left-right with probability 1/2. True or false" in help_text

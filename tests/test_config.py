@@ -74,3 +74,10 @@ def test_config_unknown_setting_suggests_close_name():
 def test_config_rejects_unknown_source_form(source):
     with pytest.raises(ConfigError, match="fashion_mnist, idx:<dir>"):
         PipelineConfig.from_mapping({"source": source})
+
+
+def test_every_setting_has_a_description():
+    from pipeline.config import FLAT_SETTINGS, SETTING_DESCRIPTIONS
+
+    assert sorted(SETTING_DESCRIPTIONS) == sorted(FLAT_SETTINGS)
+    assert all(text.endswith(".") for text in SETTING_DESCRIPTIONS.values())
