@@ -22,7 +22,7 @@ log = logging.getLogger("pipeline")
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (default: the value in --config, else the built-in default)")
-    group.add_argument("--config", type=Path, help="YAML file of settings with the flag names as keys")
+    group.add_argument("--config", type=Path, help="YAML file of settings: setting names as keys (update_scheme or update-scheme)")
     group.add_argument("--cache-dir", help="local cache directory for shards and models")
     group.add_argument(
         "--preset",
