@@ -20,16 +20,20 @@ from pipeline.presets import PRESET_KEY, PRESETS, resolve_preset
 log = logging.getLogger("pipeline")
 
 
-def _add_settings(parser: argparse.ArgumentParser) -> None:
+def _add_settings(parser: argparse.ArgumentParser, store_only: bool = False) -> None:
+    """Add --config, --cache-dir and a flag per setting; with `store_only`, only the store settings."""
     group = parser.add_argument_group("settings (default: the value in --config, else the built-in default)")
     group.add_argument("--config", type=Path, help="YAML file of settings: setting names as keys (update_scheme or update-scheme)")
     group.add_argument("--cache-dir", help="local cache directory for shards and models")
-    group.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        help="fill the settings left at their default from a preset, as the DAG's 'preset' Param does",
-    )
-    for key, (_, _, kind) in FLAT_SETTINGS.items():
+    if not store_only:
+        group.add_argument(
+            "--preset",
+            choices=sorted(PRESETS),
+            help="fill the settings left at their default from a preset, as the DAG's 'preset' Param does",
+        )
+    for key, (section, _, kind) in FLAT_SETTINGS.items():
+        if store_only and section != "store":
+            continue
         flag = "--" + key.replace("_", "-")
         # Values stay strings here; PipelineConfig validates and converts them with named errors.
         group.add_argument(flag, dest=key, metavar=kind.__name__.upper(), help=describe_setting(key).replace("%", "%%"))
@@ -100,7 +104,7 @@ def _build_parser() -> argparse.ArgumentParser:
     runs = commands.add_parser(
         "runs", help="list complete runs with their metrics and promotion state, and incomplete run ids"
     )
-    _add_settings(runs)
+    _add_settings(runs, store_only=True)
 
     generate = commands.add_parser("generate", help="write images from the generator of a published run")
     generate.add_argument(
@@ -120,7 +124,7 @@ def _build_parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--latent-seed", type=int, help="seed of the random latents (default: a new seed, printed in the result)"
     )
-    _add_settings(generate)
+    _add_settings(generate, store_only=True)
     return parser
 
 

@@ -95,3 +95,12 @@ def test_cli_help_shows_setting_defaults():
     assert "Must be one of alternating, simultaneous. Default: alternating." in help_text
     assert "--steps INT Training steps; overrides epochs when set. Must be a positive integer or unset." in help_text
     assert "--flip BOOL Mirror training images left-right with probability 1/2. True or false" in help_text
+
+
+def test_cli_runs_help_lists_store_settings_only():
+    result = run_cli("runs", "--help")
+
+    assert result.returncode == 0
+    assert "--store-uri" in result.stdout
+    assert "--epochs" not in result.stdout
+    assert "--update-scheme" not in result.stdout

@@ -62,7 +62,12 @@ def _last_sample_grid(store) -> np.ndarray:
 
 
 def _settings_flags(values: dict) -> list[str]:
-    return [f"--{key.replace('_', '-')}={value}" for key, value in values.items()]
+    """Return the flags of the store settings and cache_dir in `values`, the only ones runs and generate take."""
+    return [
+        f"--{key.replace('_', '-')}={value}"
+        for key, value in values.items()
+        if key.startswith("store_") or key == "cache_dir"
+    ]
 
 
 def test_generate_best_reproduces_sample_grid(published, tmp_path, capsys):
