@@ -28,7 +28,14 @@ SOURCE_PATTERN = r"^(fashion_mnist|(idx|tfds|folder|npz):\S.*)$"
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Image source, normalisation and TFRecord sharding settings."""
+    """Image source, normalisation and TFRecord sharding settings; also the options every source reader takes.
+
+    None for height, width or channels means the source's own. For array sources (IDX, `.npz`,
+    TensorFlow Datasets) that is the arrays' height and width, and 1 channel for grayscale or 3
+    otherwise. For image folders it is the size of the first decodable image in path order, and 3
+    channels. `test_fraction` is the share held out as the test split by a source without one.
+    `tfds_data_dir` and `tfds_download` apply to TensorFlow Datasets sources.
+    """
 
     source: str = "fashion_mnist"
     records_per_shard: int = 10_000

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import PipelineConfig
+from pipeline.config import DataConfig, PipelineConfig
 from pipeline.data.fetch import fetch_dataset
 from pipeline.data.manifest import Manifest
 from pipeline.data.prepare import prepare_dataset
 from pipeline.data.reader import make_dataset
-from pipeline.data.source_data import SourceOptions
 from pipeline.data.sources import load_source
 from pipeline.errors import DataError
 from pipeline.storage.local import LocalStore
@@ -76,7 +75,7 @@ def test_folder_rgba_png_and_2d_array_stored_rgb(tmp_path):
     save_image(folder / "train" / "gray2d.png", np.full((12, 12), 50, dtype=np.uint8))
     save_image(folder / "test" / "rgb.png", random_rgb(7))
 
-    data = load_source(f"folder:{folder}", "train", None, SourceOptions(channels=3))
+    data = load_source(f"folder:{folder}", "train", None, DataConfig(channels=3))
 
     assert data.images.shape == (5, 12, 12, 3)
     assert data.images.dtype == np.uint8
@@ -95,8 +94,8 @@ def test_folder_without_classes_unlabelled(tmp_path):
     for index in range(20):
         save_image(tmp_path / "flat" / f"{index:02d}.png", random_rgb(index))
 
-    train = load_source(f"folder:{tmp_path / 'flat'}", "train", None, SourceOptions(test_fraction=0.3))
-    test = load_source(f"folder:{tmp_path / 'flat'}", "test", None, SourceOptions(test_fraction=0.3))
+    train = load_source(f"folder:{tmp_path / 'flat'}", "train", None, DataConfig(test_fraction=0.3))
+    test = load_source(f"folder:{tmp_path / 'flat'}", "test", None, DataConfig(test_fraction=0.3))
 
     assert train.label_names == ["unlabelled"]
     assert len(train.images) + len(test.images) == 20
@@ -238,6 +237,6 @@ def test_idx_uncompressed_resized(tmp_path, fashion_mnist_dir):
         content = gzip.decompress((Path(fashion_mnist_dir) / f"{name}.gz").read_bytes())
         (tmp_path / name).write_bytes(content)
 
-    data = load_source(f"idx:{tmp_path}", "train", 16, SourceOptions(height=32, width=32, channels=3))
+    data = load_source(f"idx:{tmp_path}", "train", 16, DataConfig(height=32, width=32, channels=3))
 
     assert data.images.shape == (16, 32, 32, 3)

@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import PipelineConfig
+from pipeline.config import DataConfig, PipelineConfig
 from pipeline.data import sources
 from pipeline.data.fetch import dataset_directory, fetch_dataset
 from pipeline.data.manifest import Manifest, ShardInfo, SplitInfo, compute_fingerprint
 from pipeline.data.prepare import prepare_dataset, preprocessing_settings
-from pipeline.data.source_data import SourceOptions
 from pipeline.data.sources import FASHION_MNIST_LABEL_NAMES, load_source
 from pipeline.errors import ConfigError, DataError
 from pipeline.layout import dataset_prefix, manifest_key
@@ -153,7 +152,7 @@ def test_load_source_tfds_mock():
     tfds = pytest.importorskip("tensorflow_datasets")
 
     with tfds.testing.mock_data(num_examples=9):
-        data = load_source("tfds:fashion_mnist:3.0.1", "train", 5, SourceOptions(tfds_download=True))
+        data = load_source("tfds:fashion_mnist:3.0.1", "train", 5, DataConfig(tfds_download=True))
 
     assert data.images.shape == (5, 28, 28, 1)
     assert data.labels.dtype == np.int64
@@ -165,7 +164,7 @@ def test_load_source_fashion_mnist_falls_back_to_tfds(tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "FASHION_MNIST_DIR", tmp_path / "absent")
 
     with tfds.testing.mock_data(num_examples=3):
-        data = load_source("fashion_mnist", "test", None, SourceOptions(tfds_download=True))
+        data = load_source("fashion_mnist", "test", None, DataConfig(tfds_download=True))
 
     assert data.images.shape == (3, 28, 28, 1)
 

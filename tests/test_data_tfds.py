@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import PipelineConfig
+from pipeline.config import DataConfig, PipelineConfig
 from pipeline.data.prepare import prepare_dataset
-from pipeline.data.source_data import SourceOptions
 from pipeline.data.sources import load_source
 from pipeline.errors import ConfigError, DataError
 from pipeline.storage.local import LocalStore
@@ -49,7 +48,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 def test_tfds_prepared_data_dir_loads_offline(data_dir):
     # tfds_download is on, so a download attempt would reach the refused network and fail.
-    options = SourceOptions(tfds_data_dir=str(data_dir), tfds_download=True)
+    options = DataConfig(tfds_data_dir=str(data_dir), tfds_download=True)
 
     data = load_source("tfds:tiny_colour_squares:1.0.0", "train", None, options)
 
@@ -59,7 +58,7 @@ def test_tfds_prepared_data_dir_loads_offline(data_dir):
 
 
 def test_tfds_without_version_uses_prepared(data_dir):
-    data = load_source("tfds:tiny_colour_squares", "test", 2, SourceOptions(tfds_data_dir=str(data_dir)))
+    data = load_source("tfds:tiny_colour_squares", "test", 2, DataConfig(tfds_data_dir=str(data_dir)))
 
     assert data.images.shape == (2, 6, 5, 3)
 
@@ -86,7 +85,7 @@ def test_tfds_empty_data_dir_fails(tmp_path):
     empty = tmp_path / "empty"
 
     with pytest.raises(DataError) as error:
-        load_source("tfds:fashion_mnist:3.0.1", "train", None, SourceOptions(tfds_data_dir=str(empty)))
+        load_source("tfds:fashion_mnist:3.0.1", "train", None, DataConfig(tfds_data_dir=str(empty)))
 
     message = str(error.value)
     assert "fashion_mnist" in message
@@ -98,4 +97,4 @@ def test_tfds_empty_data_dir_fails(tmp_path):
 
 def test_tfds_unknown_builder(tmp_path):
     with pytest.raises(ConfigError, match="no TensorFlow Datasets builder"):
-        load_source("tfds:no_such_dataset_xyz", "train", None, SourceOptions(tfds_data_dir=str(tmp_path)))
+        load_source("tfds:no_such_dataset_xyz", "train", None, DataConfig(tfds_data_dir=str(tmp_path)))

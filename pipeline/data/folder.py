@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import DataConfig
 from pipeline.data.images import ImageSpec, decode_image_file, oriented_size
-from pipeline.data.source_data import UNLABELLED, SourceData, SourceOptions, in_test_split, make_source_data, resolve_spec
+from pipeline.data.source_data import UNLABELLED, SourceData, in_test_split, make_source_data, resolve_spec
 from pipeline.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ _DEFAULT_CHANNELS = 3
 _LOG_INTERVAL_S = 5.0
 
 
-def load_image_folder(directory: Path, split: str, limit: int | None, options: SourceOptions) -> SourceData:
+def load_image_folder(directory: Path, split: str, limit: int | None, options: DataConfig) -> SourceData:
     """Load and normalise `split` of the image folder `directory`, keeping the first `limit` files.
 
     Raises DataError when the directory is missing or contains no image files for the split.
@@ -86,7 +87,7 @@ def _class_name(path: Path, split_root: Path) -> str:
 
 
 def _decode_files(
-    files: list[Path], split_root: Path, class_names: list[str], options: SourceOptions, origin: str
+    files: list[Path], split_root: Path, class_names: list[str], options: DataConfig, origin: str
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
     """Decode and normalise every file; return images, labels and the skipped files with reasons."""
     # NOTE: a split's decoded images are all held in memory before shards are written, so a folder
@@ -122,7 +123,7 @@ def _decode_files(
     return np.stack(images), np.array(labels, dtype=np.int64), skipped
 
 
-def _spec_from_first_image(content: bytes, name: str, options: SourceOptions) -> ImageSpec:
+def _spec_from_first_image(content: bytes, name: str, options: DataConfig) -> ImageSpec:
     """Resolve the spec, taking a missing height or width from this image's size after EXIF rotation."""
     if options.height and options.width:
         return resolve_spec(options, options.height, options.width, _DEFAULT_CHANNELS)

@@ -20,11 +20,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig
+from pipeline.config import DataConfig, PipelineConfig
 from pipeline.data.fetch import dataset_directory
 from pipeline.data.manifest import Manifest, SplitInfo, compute_fingerprint
 from pipeline.data.images import make_image_spec
-from pipeline.data.source_data import SourceData, SourceOptions
+from pipeline.data.source_data import SourceData
 from pipeline.data.sources import load_source
 from pipeline.errors import DataError
 from pipeline.layout import dataset_prefix, manifest_key
@@ -99,21 +99,10 @@ def load_splits(config: PipelineConfig) -> dict[str, SourceData]:
     return {"train": train, "test": test}
 
 
-def source_options(config: PipelineConfig) -> SourceOptions:
-    """Return the reading and normalisation options of `config.data`, validating the background colour."""
-    data = config.data
-    options = SourceOptions(
-        height=data.height,
-        width=data.width,
-        channels=data.channels,
-        resize_mode=data.resize_mode,
-        background=data.background,
-        test_fraction=data.test_fraction,
-        tfds_data_dir=data.tfds_data_dir,
-        tfds_download=data.tfds_download,
-    )
-    make_image_spec(1, 1, 1, data.resize_mode, data.background)  # raises ConfigError before any work
-    return options
+def source_options(config: PipelineConfig) -> DataConfig:
+    """Return `config.data`, the reading and normalisation options, after validating its background colour."""
+    make_image_spec(1, 1, 1, config.data.resize_mode, config.data.background)  # raises ConfigError before any work
+    return config.data
 
 
 def check_skipped(split: str, source: SourceData, max_skipped_fraction: float) -> None:

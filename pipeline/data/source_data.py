@@ -8,32 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.config import DataConfig
 from pipeline.data.images import ImageSpec, make_image_spec, normalize_array
 from pipeline.errors import DataError
 
 # Label name of every image of a source without labels (no class sub-folders, no `y` array).
 UNLABELLED = "unlabelled"
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """Options for reading and normalising a source; None for height, width or channels means the source's own.
-
-    For array sources (IDX, `.npz`, TensorFlow Datasets) the source's own size is the arrays' height
-    and width, and its channels are 1 for grayscale and 3 otherwise. For image folders it is the
-    size of the first decodable image in path order, and 3 channels.
-    `test_fraction` is the share of a source without its own test split that is held out for it.
-    `tfds_data_dir` and `tfds_download` apply to TensorFlow Datasets sources (see tfds_source).
-    """
-
-    height: int | None = None
-    width: int | None = None
-    channels: int | None = None
-    resize_mode: str = "crop"
-    background: str = "black"
-    test_fraction: float = 0.1
-    tfds_data_dir: str | None = None
-    tfds_download: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -52,7 +32,7 @@ class SourceData:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
 
-def resolve_spec(options: SourceOptions, height: int, width: int, channels: int) -> ImageSpec:
+def resolve_spec(options: DataConfig, height: int, width: int, channels: int) -> ImageSpec:
     """Return the spec of `options`, taking the source's height, width and channels where they are None."""
     return make_image_spec(
         options.height or height,
@@ -63,7 +43,7 @@ def resolve_spec(options: SourceOptions, height: int, width: int, channels: int)
     )
 
 
-def normalize_arrays(images: np.ndarray, options: SourceOptions, origin: str) -> np.ndarray:
+def normalize_arrays(images: np.ndarray, options: DataConfig, origin: str) -> np.ndarray:
     """Normalise an array of images, (N, H, W) or (N, H, W, C) with C in 1-4, to uint8 (N, h, w, c).
 
     Arrays that already have the target dtype and shape are returned as they are; others are

@@ -13,7 +13,7 @@ Accepted `source` values:
 - `npz:<file>`: a NumPy `.npz` file with images `x` and optional integer labels `y`. A share of
   `test_fraction` of them, chosen by the hash of their index, forms the test split.
 
-Every image is normalised by pipeline.data.images to the settings in SourceOptions.
+Every image is normalised by pipeline.data.images to the settings in DataConfig.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import DataConfig
 from pipeline.data.folder import load_image_folder
 from pipeline.data.idx import read_idx
 from pipeline.data.source_data import (
     UNLABELLED,
     SourceData,
-    SourceOptions,
     in_test_split,
     make_source_data,
     normalize_arrays,
@@ -60,13 +60,13 @@ SOURCE_FORMS = (
 _IDX_PREFIXES = {"train": "train", "test": "t10k"}
 
 
-def load_source(source: str, split: str, limit: int | None, options: SourceOptions | None = None) -> SourceData:
+def load_source(source: str, split: str, limit: int | None, options: DataConfig | None = None) -> SourceData:
     """Load and normalise `split` ('train' or 'test') of `source`, keeping the first `limit` examples.
 
     Raises ConfigError for an unknown source form, split or limit, and DataError for missing or
     malformed data.
     """
-    options = options or SourceOptions()
+    options = options or DataConfig()
     if split not in SPLITS:
         raise ConfigError("split", split, f"must be one of {list(SPLITS)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -97,7 +97,7 @@ def load_idx_directory(
     directory: Path,
     split: str,
     limit: int | None,
-    options: SourceOptions | None = None,
+    options: DataConfig | None = None,
     label_names: list[str] | None = None,
 ) -> SourceData:
     """Load one split from a directory of MNIST-style IDX files, gzipped or not.
@@ -117,17 +117,17 @@ def load_idx_directory(
         label_names = [str(label) for label in range(int(labels.max()) + 1)]
 
     origin = f"{directory} ({split})"
-    images = normalize_arrays(images[:limit], options or SourceOptions(), origin)
+    images = normalize_arrays(images[:limit], options or DataConfig(), origin)
     return make_source_data(images, labels[:limit], label_names, origin=origin)
 
 
-def load_npz(path: Path, split: str, limit: int | None, options: SourceOptions | None = None) -> SourceData:
+def load_npz(path: Path, split: str, limit: int | None, options: DataConfig | None = None) -> SourceData:
     """Load one split of a `.npz` file with images `x` and optional integer labels `y`.
 
     An example is in the test split when its index hashes into `options.test_fraction` (see
     `in_test_split`). Without `y`, every image has the label 'unlabelled'.
     """
-    options = options or SourceOptions()
+    options = options or DataConfig()
     try:
         with np.load(path, allow_pickle=False) as arrays:
             keys = set(arrays.files)
@@ -156,7 +156,7 @@ def load_npz(path: Path, split: str, limit: int | None, options: SourceOptions |
     return make_source_data(normalize_arrays(images[chosen], options, origin), labels[chosen], label_names, origin=origin)
 
 
-def _load_tfds(name: str, version: str | None, split: str, limit: int | None, options: SourceOptions) -> SourceData:
+def _load_tfds(name: str, version: str | None, split: str, limit: int | None, options: DataConfig) -> SourceData:
     from pipeline.data.tfds_source import load_tfds
 
     return load_tfds(name, version, split, limit, options)

@@ -15,7 +15,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from pipeline.data.source_data import UNLABELLED, SourceData, SourceOptions, make_source_data, normalize_arrays
+from pipeline.config import DataConfig
+from pipeline.data.source_data import UNLABELLED, SourceData, make_source_data, normalize_arrays
 from pipeline.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 _TFDS_BATCH = 4096
 
 
-def load_tfds(name: str, version: str | None, split: str, limit: int | None, options: SourceOptions) -> SourceData:
+def load_tfds(name: str, version: str | None, split: str, limit: int | None, options: DataConfig) -> SourceData:
     """Load one split of a TensorFlow Datasets builder with an `image` feature and an optional `label`."""
     import tensorflow_datasets as tfds
 
@@ -77,7 +78,7 @@ def _download_and_prepare(builder, name: str, download: bool) -> None:
         raise DataError(f"{missing}, and downloading it failed ({type(error).__name__}: {error}). {fix}") from error
 
 
-def _read_examples(tfds, dataset, has_labels: bool, image_shape, options: SourceOptions, qualified: str):
+def _read_examples(tfds, dataset, has_labels: bool, image_shape, options: DataConfig, qualified: str):
     """Return normalised images and int64 labels; images of varying size are normalised one by one."""
     pairs = dataset.map(lambda example: (example["image"], example["label"] if has_labels else 0))
     fixed_shape = None not in image_shape
