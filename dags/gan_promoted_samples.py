@@ -17,7 +17,7 @@ import pendulum
 from airflow.sdk import dag, get_current_context, task
 
 from pipeline.assets import PROMOTED_MODEL, STORE_KEYS
-from pipeline.notify import on_task_failure
+from pipeline.notify import task_defaults
 
 
 def _store_settings_from_event() -> dict:
@@ -36,12 +36,7 @@ def _store_settings_from_event() -> dict:
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={
-        "owner": "ml-platform",
-        "retries": 1,
-        "retry_delay": timedelta(minutes=1),
-        "on_failure_callback": on_task_failure,
-    },
+    default_args=task_defaults(retries=1),
     tags=["gan", "example"],
     doc_md=__doc__,
 )

@@ -56,7 +56,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from pipeline.assets import PREPARED_DATASET, PROMOTED_MODEL, store_settings
 from pipeline.config import DEFAULT_STORE_AWS_CONN_ID, DEFAULT_STORE_URI, SETTING_DESCRIPTIONS, SOURCE_PATTERN
-from pipeline.notify import on_task_failure
+from pipeline.notify import task_defaults
 from pipeline.presets import NO_PRESET, PRESETS
 
 # Read when the DAG is parsed, so a change needs the DAG processor to parse the file again.
@@ -215,12 +215,7 @@ def _params_and_run_id() -> tuple[dict, str]:
     catchup=False,
     max_active_runs=1,
     params=PARAMS,
-    default_args={
-        "owner": "ml-platform",
-        "retries": 2,
-        "retry_delay": timedelta(minutes=1),
-        "on_failure_callback": on_task_failure,
-    },
+    default_args=task_defaults(retries=2),
     tags=["gan", "training"],
     doc_md=__doc__,
 )

@@ -12,6 +12,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from datetime import timedelta
 from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
@@ -110,3 +111,13 @@ def post_json(url: str, payload: Mapping[str, Any], timeout_s: float = WEBHOOK_T
 
     log.info("webhook accepted the %s notice with HTTP %d", payload.get("event"), status)
     return 200 <= status < 300
+
+
+def task_defaults(retries: int) -> dict[str, Any]:
+    """Return the `default_args` of this project's DAGs: owner, `retries` one minute apart, failure notices."""
+    return {
+        "owner": "ml-platform",
+        "retries": retries,
+        "retry_delay": timedelta(minutes=1),
+        "on_failure_callback": on_task_failure,
+    }
