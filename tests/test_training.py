@@ -377,47 +377,49 @@ def _stored_events(store, run_id, tmp_path) -> list[tuple[str, int]]:
     return events
 
 
-def test_tensorboard_drops_events_after_resume_step(tmp_path):
+def _write_killed_attempt(tmp_path, steps) -> LocalStore:
+    """Return a store holding the TensorBoard events of an attempt that logged d_loss and g_loss at `steps`."""
     from pipeline.training.tensorboard import TensorBoardWriter
 
     store = LocalStore(tmp_path / "store")
-    killed_attempt = TensorBoardWriter(store, "resumed", tmp_path / "attempt-1")
-    for step in (2, 4, 6):
-        killed_attempt.write_scalars(step, {"d_loss": 1.0, "g_loss": 0.5})
-    killed_attempt.close()
+    attempt = TensorBoardWriter(store, "resumed", tmp_path / "attempt-1")
+    for step in steps:
+        attempt.write_scalars(step, {"d_loss": 1.0, "g_loss": 0.5})
+    attempt.close()
+    return store
 
-    TensorBoardWriter(store, "resumed", tmp_path / "attempt-2").drop_events_after(4)
+
+def _resume_at(store, tmp_path, step: int) -> None:
+    from pipeline.training.tensorboard import TensorBoardWriter
+
+    TensorBoardWriter(store, "resumed", tmp_path / "attempt-2").drop_events_after(step)
+
+
+def test_tensorboard_drops_events_after_resume_step(tmp_path):
+    store = _write_killed_attempt(tmp_path, (2, 4, 6))
+
+    _resume_at(store, tmp_path, 4)
 
     events = _stored_events(store, "resumed", tmp_path)
     assert sorted(events) == [("d_loss", 2), ("d_loss", 4), ("g_loss", 2), ("g_loss", 4)]
 
 
 def test_tensorboard_drop_keeps_unchanged_file(tmp_path):
-    from pipeline.training.tensorboard import TensorBoardWriter
-
-    store = LocalStore(tmp_path / "store")
-    attempt = TensorBoardWriter(store, "resumed", tmp_path / "attempt-1")
-    attempt.write_scalars(2, {"d_loss": 1.0})
-    attempt.close()
+    store = _write_killed_attempt(tmp_path, (2,))
     [info] = store.list(run_key("resumed", "tensorboard/"))
     before = store.get_bytes(info.key)
 
-    TensorBoardWriter(store, "resumed", tmp_path / "attempt-2").drop_events_after(2)
+    _resume_at(store, tmp_path, 2)
 
     assert store.get_bytes(info.key) == before
 
 
 def test_tensorboard_drop_removes_cut_record(tmp_path):
-    from pipeline.training.tensorboard import TensorBoardWriter
-
-    store = LocalStore(tmp_path / "store")
-    attempt = TensorBoardWriter(store, "resumed", tmp_path / "attempt-1")
-    attempt.write_scalars(2, {"d_loss": 1.0})
-    attempt.close()
+    store = _write_killed_attempt(tmp_path, (2,))
     [info] = store.list(run_key("resumed", "tensorboard/"))
     complete = store.get_bytes(info.key)
     store.put_bytes(info.key, complete + complete[-30:-5])
 
-    TensorBoardWriter(store, "resumed", tmp_path / "attempt-2").drop_events_after(2)
+    _resume_at(store, tmp_path, 2)
 
     assert store.get_bytes(info.key) == complete
