@@ -21,7 +21,7 @@ log = logging.getLogger("pipeline")
 
 
 def _add_settings(parser: argparse.ArgumentParser, store_only: bool = False) -> None:
-    """Add --config, --cache-dir and a flag per setting; with `store_only`, only the store settings."""
+    """Add --config, --cache-dir and a flag per setting, or with `store_only` a flag per store setting."""
     group = parser.add_argument_group("settings (default: the value in --config, else the built-in default)")
     group.add_argument("--config", type=Path, help="YAML file of settings: setting names as keys (update_scheme or update-scheme)")
     group.add_argument("--cache-dir", help="local cache directory for shards and models")

@@ -12,6 +12,7 @@ import difflib
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,7 +29,7 @@ SOURCE_PATTERN = r"^(fashion_mnist|(idx|tfds|folder|npz):\S.*)$"
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Image source, normalisation and TFRecord sharding settings; also the options every source reader takes.
+    """Image source, normalisation and TFRecord sharding settings, also the options of every source reader.
 
     None for height, width or channels means the source's own. For array sources (IDX, `.npz`,
     TensorFlow Datasets) that is the arrays' height and width, and 1 channel for grayscale or 3
@@ -257,7 +258,7 @@ UPDATE_SCHEMES = ("alternating", "simultaneous")
 DISTRIBUTIONS = ("auto", "default", "mirrored", "multi_worker")
 
 
-# What each flat setting does: the DAG's Param descriptions and the CLI's --help text.
+# Descriptions of the flat settings, shown in the DAG's Params and in the CLI's --help.
 SETTING_DESCRIPTIONS = {
     "source": (
         "Dataset source: fashion_mnist, idx:<directory>, tfds:<name>[:<version>], "
@@ -362,8 +363,8 @@ _RULES = [
 
 def describe_setting(key: str) -> str:
     """Return the help text of flat setting `key`: what it does, its rule if it has one, and its built-in default."""
-    rules = {rule_key: rule for rule_key, rule, _ in _RULES}
-    default = PipelineConfig().to_flat()[key]
+    rules = _rules_by_key()
+    default = _flat_defaults()[key]
     if default is None:
         default = "unset"
     elif isinstance(default, bool):
@@ -376,3 +377,14 @@ def describe_setting(key: str) -> str:
         parts.append("True or false (also yes/no, 1/0).")
     parts.append(f"Default: {default}.")
     return " ".join(parts)
+
+
+@cache
+def _rules_by_key() -> dict[str, str]:
+    return {key: rule for key, rule, _ in _RULES}
+
+
+@cache
+def _flat_defaults() -> dict[str, Any]:
+    # Built once: the CLI asks for the default of every setting of every subcommand.
+    return PipelineConfig().to_flat()

@@ -146,7 +146,7 @@ def test_generator_update_leaves_discriminator_bitwise():
 
 
 def _without_dropout(gan):
-    # Dropout draws a new mask on every call; without it the expected step below is reproducible.
+    # Dropout draws a new mask on every call, so only without it is the expected step below reproducible.
     for layer in gan.discriminator.layers:
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0
@@ -170,7 +170,7 @@ def _step_from_one_snapshot(gan, real_images):
 
 
 @pytest.mark.parametrize("update_scheme", ["simultaneous", "alternating"])
-def test_simultaneous_updates_share_one_snapshot(update_scheme):
+def test_update_scheme_against_snapshot_step(update_scheme):
     gan = _without_dropout(_tiny_gan(update_scheme=update_scheme))
     real_images = _real_batch()
     expected_generator, expected_discriminator = _step_from_one_snapshot(gan, real_images)

@@ -17,10 +17,10 @@ logger = logging.getLogger(__name__)
 
 
 class LocalStore(ArtifactStore):
-    """Objects are files under `root`; writes go to a temporary file that is then renamed.
+    """Objects are files under `root`. Writes go to a temporary file that is then renamed.
 
-    A missing `root` is created, unless `create` is false: then it raises StoreError, so that a
-    reader given a mistyped path fails instead of reading an empty store.
+    A missing `root` is created unless `create` is false. Then StoreError is raised, so a reader
+    given a mistyped path fails instead of reading an empty store.
     """
 
     def __init__(self, root: str | Path, create: bool = True):

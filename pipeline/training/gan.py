@@ -111,8 +111,8 @@ class GAN(keras.Model):
             self.update_discriminator(real_images, generated_images, update)
 
         last_update = self.d_steps_per_g_step - 1
-        # NOTE: on a 2-core CPU, alternating measured 1.16x to 1.22x the Keras fit() loop and simultaneous
-        # 1.27x to 1.30x, against a 1.3x goal (docs/benchmarks.md): alternating saves one generator pass only.
+        # NOTE: against a goal of 1.3x the Keras fit() loop, a 2-core CPU measured 1.16x to 1.22x for alternating,
+        # which saves only one generator pass, and 1.27x to 1.30x for simultaneous (docs/benchmarks.md).
         if self.update_scheme == "simultaneous":
             return self._simultaneous_updates(real_images, last_update)
 

@@ -94,7 +94,7 @@ def _records_up_to_step(data: bytes, step: int) -> bytes:
 
     A record cut short at the end (a writer killed mid-write) is dropped.
     """
-    kept = []
+    records = []
     offset = 0
     while offset + _HEADER_SIZE <= len(data):
         (length,) = _LENGTH.unpack_from(data, offset)
@@ -103,9 +103,9 @@ def _records_up_to_step(data: bytes, step: int) -> bytes:
             break
         event = event_pb2.Event.FromString(data[offset + _HEADER_SIZE : end - _FOOTER_SIZE])
         if not event.HasField("summary") or event.step <= step:
-            kept.append(data[offset:end])
+            records.append(data[offset:end])
         offset = end
-    return b"".join(kept)
+    return b"".join(records)
 
 
 def _metadata(plugin_name: str) -> summary_pb2.SummaryMetadata:
