@@ -386,5 +386,5 @@ def _rules_by_key() -> dict[str, str]:
 
 @cache
 def _flat_defaults() -> dict[str, Any]:
-    # Built once: the CLI asks for the default of every setting of every subcommand.
+    # Built once, because the CLI reads the default of every setting for every subcommand.
     return PipelineConfig().to_flat()
